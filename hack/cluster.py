@@ -1,0 +1,320 @@
+#!/usr/bin/env python3
+"""Starts and stops a real Kubernetes control plane on loopback, for tests and local use.
+
+    python hack/cluster.py up      # build if needed, start, wait until ready; reuse one already up
+    python hack/cluster.py down    # stop what `up` started, by process id
+    python hack/cluster.py env     # print KUBECONFIG and PATH for a shell: eval "$(... env)"
+
+etcd, kube-apiserver (TLS, token authentication, RBAC, Pod Security admission),
+kube-controller-manager, kube-scheduler and kwok, built from upstream Go modules by
+hack/build-cluster.sh. kwok stands in for kubelets: it keeps fake nodes Ready and moves pods through
+their phases. No container ever runs. Standard library only, so it runs before any virtualenv exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HACK = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("ZEROTH_CACHE", Path.home() / ".cache" / "zeroth"))
+STATE = Path(os.environ.get("ZEROTH_CLUSTER_DIR", CACHE / "cluster"))
+PORTS = {"etcd": 23790, "etcd-peer": 23800, "apiserver": 26443, "controller-manager": 26257, "scheduler": 26259, "kwok": 26080}
+SERVICE_CIDR = "10.96.0.0/16"  # virtual Service IPs inside the API server; nothing listens there
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+CPU_NODES = 2
+GPU_NODES = 4
+GPUS_PER_NODE = 8
+GPU_LABEL = "nvidia.com/gpu.present"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def log(msg: str) -> None:
+    print(f"[cluster] {msg}", file=sys.stderr, flush=True)
+
+
+def bin_dir() -> Path:
+    out = subprocess.run([str(HACK / "build-cluster.sh")], check=True, stdout=subprocess.PIPE, text=True).stdout
+    return Path(out.strip().splitlines()[-1])
+
+
+def kubeconfig() -> Path:
+    return STATE / "kubeconfig"
+
+
+# ------------------------------------------------------------------------------- certificates
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def make_pki(pki: Path) -> None:
+    pki.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=zeroth-test-ca",
+             "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"))
+    ext = pki / "serving.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,"
+                   "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
+                   "extendedKeyUsage=serverAuth\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver",
+             "-keyout", str(pki / "apiserver.key"), "-out", str(pki / "apiserver.csr"))
+    _openssl("x509", "-req", "-in", str(pki / "apiserver.csr"), "-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"),
+             "-CAcreateserial", "-days", "3650", "-extfile", str(ext), "-out", str(pki / "apiserver.crt"))
+    _openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
+    _openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
+
+
+def make_tokens(path: Path) -> dict[str, str]:
+    """Static bearer tokens: the admin user, and the two controllers under their bootstrap RBAC names."""
+    users = {
+        "admin": ("zeroth-admin", "system:masters"),
+        "controller-manager": ("system:kube-controller-manager", ""),
+        "scheduler": ("system:kube-scheduler", ""),
+    }
+    tokens = {k: secrets.token_hex(16) for k in users}
+    path.write_text("".join(f'{tokens[k]},{name},{name},"{groups}"\n' for k, (name, groups) in users.items()))
+    return tokens
+
+
+def write_kubeconfig(path: Path, token: str, user: str) -> None:
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "zeroth-local", "cluster": {"server": f"https://127.0.0.1:{PORTS['apiserver']}",
+                                                         "certificate-authority": str(STATE / "pki" / "ca.crt")}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "zeroth-local", "context": {"cluster": "zeroth-local", "user": user}}],
+        "current-context": "zeroth-local",
+    }
+    path.write_text(json.dumps(cfg, indent=2))  # JSON is YAML
+    path.chmod(0o600)
+
+
+# ---------------------------------------------------------------------------------- processes
+
+
+def _pidfile(name: str) -> Path:
+    return STATE / "pids" / f"{name}.pid"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _running(name: str) -> int | None:
+    try:
+        pid = int(_pidfile(name).read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def start(name: str, argv: list[str]) -> None:
+    logf = open(STATE / "logs" / f"{name}.log", "ab")
+    proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, cwd=STATE)
+    _pidfile(name).write_text(str(proc.pid))
+
+
+def wait_for(what: str, check, timeout: float = 120.0, component: str | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception as e:  # noqa: BLE001 - not ready yet: remember why, retry
+            last = e
+        if component and _running(component) is None:
+            tail = (STATE / "logs" / f"{component}.log").read_text(errors="replace")[-3000:]
+            raise SystemExit(f"{component} exited while waiting for {what}:\n{tail}")
+        time.sleep(0.25)
+    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}: {last}")
+
+
+def _https_ok(url: str, token: str | None = None) -> bool:
+    ctx = ssl.create_default_context(cafile=str(STATE / "pki" / "ca.crt")) if token else ssl._create_unverified_context()  # noqa: S323 - controllers serve self-signed certs
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, context=ctx, timeout=5) as r:
+        return r.status == 200
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.status == 200
+
+
+def kubectl(bins: Path, *args: str, stdin: str | None = None) -> str:
+    proc = subprocess.run([str(bins / "kubectl"), "--kubeconfig", str(kubeconfig()), *args], input=stdin,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def node_manifest(name: str, gpu: bool) -> dict:
+    labels = {"type": "kwok", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
+    capacity = {"cpu": "32", "memory": "256Gi", "pods": "110"}
+    taints = []
+    if gpu:
+        labels[GPU_LABEL] = "true"
+        capacity[GPU_RESOURCE] = str(GPUS_PER_NODE)
+        taints = [{"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels, "annotations": {"kwok.x-k8s.io/node": "fake"}},
+        "spec": {"taints": taints},
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+def nodes() -> list[dict]:
+    return [node_manifest(f"cpu-{i}", gpu=False) for i in range(CPU_NODES)] + [
+        node_manifest(f"gpu-{i}", gpu=True) for i in range(GPU_NODES)
+    ]
+
+
+# ----------------------------------------------------------------------------------- commands
+
+
+def is_up() -> bool:
+    if not (STATE / "ready").exists() or any(_running(c) is None for c in COMPONENTS):
+        return False
+    try:
+        token = json.loads(kubeconfig().read_text())["users"][0]["user"]["token"]
+        return _https_ok(f"https://127.0.0.1:{PORTS['apiserver']}/readyz", token)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def up() -> None:
+    bins = bin_dir()
+    if is_up():
+        log(f"already up: KUBECONFIG={kubeconfig()}")
+        return
+    down(quiet=True)
+    t0 = time.monotonic()
+    (STATE / "ready").unlink(missing_ok=True)
+    for sub in ("pids", "logs"):
+        (STATE / sub).mkdir(parents=True, exist_ok=True)
+    for stale in (STATE / "etcd-data", STATE / "pki"):
+        subprocess.run(["rm", "-rf", str(stale)], check=True)
+    make_pki(STATE / "pki")
+    tokens = make_tokens(STATE / "pki" / "tokens.csv")
+    write_kubeconfig(kubeconfig(), tokens["admin"], "zeroth-admin")
+    write_kubeconfig(STATE / "controller-manager.kubeconfig", tokens["controller-manager"], "system:kube-controller-manager")
+    write_kubeconfig(STATE / "scheduler.kubeconfig", tokens["scheduler"], "system:kube-scheduler")
+    pki = STATE / "pki"
+    etcd_url = f"http://127.0.0.1:{PORTS['etcd']}"
+    peer_url = f"http://127.0.0.1:{PORTS['etcd-peer']}"
+
+    start("etcd", [str(bins / "etcd"), "--name=zeroth", f"--data-dir={STATE / 'etcd-data'}",
+                   f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+                   f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+                   f"--initial-cluster=zeroth={peer_url}", "--listen-metrics-urls=",
+                   # a throw-away test store: skipping fsync makes writes fast and loses nothing we keep
+                   "--unsafe-no-fsync"])
+    wait_for("etcd", lambda: _http_ok(f"{etcd_url}/health"), component="etcd")
+
+    start("kube-apiserver", [
+        str(bins / "kube-apiserver"), f"--etcd-servers={etcd_url}",
+        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={PORTS['apiserver']}",
+        f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={pki / 'tokens.csv'}",
+        "--authorization-mode=RBAC", "--anonymous-auth=false",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
+        f"--service-cluster-ip-range={SERVICE_CIDR}", "--endpoint-reconciler-type=none",
+        f"--cert-dir={pki}",
+    ])
+    wait_for("kube-apiserver /readyz", lambda: _https_ok(f"https://127.0.0.1:{PORTS['apiserver']}/readyz", tokens["admin"]),
+             component="kube-apiserver")
+
+    start("kube-controller-manager", [
+        str(bins / "kube-controller-manager"), f"--kubeconfig={STATE / 'controller-manager.kubeconfig'}",
+        "--bind-address=127.0.0.1", f"--secure-port={PORTS['controller-manager']}", "--leader-elect=false",
+        f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={pki / 'ca.crt'}",
+        "--use-service-account-credentials=true", f"--service-cluster-ip-range={SERVICE_CIDR}",
+        f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
+    ])
+    start("kube-scheduler", [
+        str(bins / "kube-scheduler"), f"--kubeconfig={STATE / 'scheduler.kubeconfig'}",
+        "--bind-address=127.0.0.1", f"--secure-port={PORTS['scheduler']}", "--leader-elect=false",
+    ])
+    stages = sorted((bins.parent / "kwok-stages").glob("*.yaml"))
+    start("kwok", [
+        str(bins / "kwok"), f"--kubeconfig={kubeconfig()}", "--manage-all-nodes=false",
+        *(f"--config={s}" for s in stages), "--node-lease-duration-seconds=40",
+        "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+        f"--server-address=127.0.0.1:{PORTS['kwok']}", "--cidr=10.244.0.0/16", "--node-ip=127.0.0.1",
+    ])
+    wait_for("kube-controller-manager /healthz", lambda: _https_ok(f"https://127.0.0.1:{PORTS['controller-manager']}/healthz"),
+             component="kube-controller-manager")
+    wait_for("kube-scheduler /healthz", lambda: _https_ok(f"https://127.0.0.1:{PORTS['scheduler']}/healthz"),
+             component="kube-scheduler")
+    wait_for("kwok /healthz", lambda: _http_ok(f"http://127.0.0.1:{PORTS['kwok']}/healthz"), component="kwok")
+
+    kubectl(bins, "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes()}))
+    names = [n["metadata"]["name"] for n in nodes()]
+    kubectl(bins, "wait", "--for=condition=Ready", "--timeout=120s", *[f"node/{n}" for n in names])
+    # The controller-manager creates each namespace's default ServiceAccount; pods need it.
+    wait_for("the default ServiceAccount", lambda: kubectl(bins, "get", "serviceaccount", "default", "-o", "name"),
+             component="kube-controller-manager")
+    (STATE / "ready").touch()
+    log(f"up in {time.monotonic() - t0:.1f}s: {CPU_NODES} CPU and {GPU_NODES} GPU kwok nodes; KUBECONFIG={kubeconfig()}")
+
+
+def down(quiet: bool = False) -> None:
+    (STATE / "ready").unlink(missing_ok=True)
+    stopped = []
+    for name in reversed(COMPONENTS):
+        pid = _running(name)
+        if pid is not None:
+            os.killpg(pid, signal.SIGTERM)
+            stopped.append((name, pid))
+        _pidfile(name).unlink(missing_ok=True)
+    deadline = time.monotonic() + 15
+    for name, pid in stopped:
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    if not quiet or stopped:
+        log(f"stopped {', '.join(n for n, _ in stopped) or 'nothing (none running)'}")
+
+
+def env() -> None:
+    print(f"export KUBECONFIG={kubeconfig()}")
+    print(f"export PATH={bin_dir()}:$PATH")
+
+
+def main(argv: list[str]) -> int:
+    commands = {"up": up, "down": down, "env": env}
+    if len(argv) != 2 or argv[1] not in commands:
+        print(__doc__, file=sys.stderr)
+        return 2
+    commands[argv[1]]()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

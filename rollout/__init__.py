@@ -1,0 +1,1 @@
+"""Ray rollout workers, generation backends and verifiers."""

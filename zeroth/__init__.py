@@ -1,0 +1,1 @@
+"""Zeroth: reinforcement learning of reasoning models from verifier rewards, on Kubernetes."""

