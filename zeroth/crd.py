@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from pydantic import BaseModel
+
 from zeroth import api
 
 _DROP = {"title", "$defs"}
@@ -21,19 +23,34 @@ def structural_schema(model: type[api.BaseModel]) -> dict[str, Any]:
     """The structural OpenAPI v3 schema of a pydantic model, every `$ref` inlined."""
     root = model.model_json_schema(by_alias=True, mode="validation")
     defs = root.get("$defs", {})
-    return _convert(root, defs)
+    return _convert(root, defs, model)
 
 
-def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+def _factory_default(model: type[BaseModel] | None, alias: str) -> Any:
+    """The default of a field whose default is a factory of a nested model: the whole defaulted
+    object (the API server checks defaults against CEL rules as they are, unfilled)."""
+    if model is None:
+        return None
+    field = next((f for n, f in model.model_fields.items() if (f.alias or n) == alias), None)
+    if field is None or field.default_factory is None:
+        return None
+    value = field.default_factory()
+    if isinstance(value, BaseModel):
+        return value.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return None
+
+
+def _convert(node: dict[str, Any], defs: dict[str, Any], model: type[BaseModel] | None = None) -> dict[str, Any]:
     node = dict(node)
     if "$ref" in node:
-        target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
-        node = {**target, **node}  # the field's own description/default win over the model's
+        name = node.pop("$ref").rsplit("/", 1)[-1]
+        model = getattr(api, name, None)
+        node = {**defs[name], **node}  # the field's own description/default win over the model's
     if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
         branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
         if len(branches) != 1:
             raise ValueError(f"unions other than Optional are not structural: {branches}")
-        inner = _convert(branches[0], defs)
+        inner = _convert(branches[0], defs, model)
         node = {**inner, **{k: v for k, v in node.items() if k != "default" or v is not None}}
     if node.get("x-kubernetes-int-or-string"):
         node.pop("anyOf", None)
@@ -47,10 +64,9 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out[key] = {}
             for name, sub in value.items():
                 converted = _convert(sub, defs)
-                # A nested model with a default_factory (no default in JSON Schema, not required)
-                # defaults to {}: the API server then fills in its own fields' defaults.
-                if "default" not in sub and name not in node.get("required", ()) and "properties" in converted:
-                    converted["default"] = {}
+                default = _factory_default(model, name)
+                if default is not None and "default" not in converted:
+                    converted["default"] = default
                 out[key][name] = converted
         elif key == "items":
             out[key] = _convert(value, defs)
