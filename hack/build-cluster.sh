@@ -18,7 +18,7 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 t0=$SECONDS
-log "building Kubernetes v$KUBE_VERSION control plane (first time: ~25 min on 2 cores) ..."
+log "building Kubernetes v$KUBE_VERSION control plane (first time: about 7 min on 2 cores) ..."
 (cd "$here/kube" && go build -trimpath -ldflags "$ldflags" -o "$out/bin/zkube" .)
 for n in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd; do ln -sf zkube "$out/bin/$n"; done
 log "zkube built in $((SECONDS - t0)) s"

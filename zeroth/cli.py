@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -29,13 +30,16 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from zeroth import local
+
+    if (args.manifest is None) == (args.resume is None):
+        console.print("[red]give a MANIFEST or --resume RUN_DIR[/]")
+        return 2
     try:
-        validation.load(args.manifest)
+        return local.run(args.manifest, args.resume, args.runs, args.metrics_port, console)
     except validation.ManifestError as e:
         console.print(f"[red]✗[/] {e}", highlight=False)
         return 2
-    console.print("[yellow]The local RL engine is not built yet (issue 4): the manifest is valid, nothing was trained.[/]")
-    return 3
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,7 +49,10 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("manifests", nargs="+", metavar="MANIFEST")
     v.set_defaults(func=_validate)
     r = sub.add_parser("run", help="run a ReasoningRun on this machine")
-    r.add_argument("manifest", metavar="MANIFEST")
+    r.add_argument("manifest", metavar="MANIFEST", nargs="?", type=Path)
+    r.add_argument("--resume", metavar="RUN_DIR", type=Path, help="continue a stopped run from its last checkpoint")
+    r.add_argument("--runs", type=Path, default=Path("runs"), help="where new run directories go (default: ./runs)")
+    r.add_argument("--metrics-port", type=int, default=9400, help="Prometheus /metrics on 127.0.0.1 (0: any free port)")
     r.set_defaults(func=_run)
     return p
 

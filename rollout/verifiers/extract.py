@@ -1,0 +1,64 @@
+"""Answer extraction: where a verifier reads the answer from (`VerifierSpec.answer`).
+
+Two modes, both strict, both linear-time (plain string searches, no regular expressions):
+
+- `tag`: the content of the LAST complete `<TAG>...</TAG>` block. Only one block ever counts, so
+  listing many candidates in many blocks earns nothing (a known reward hack: open-r1's several
+  answer blocks). If another `<TAG>` opens after the last `</TAG>`, the completion ended inside an
+  unfinished answer: no answer.
+- `line`: the first line of the completion, up to the first `=`, for a tiny character-level model
+  that writes `9-4*2=1` and never learns tags.
+
+Defends against: many answer blocks (only the last counts), empty blocks (no answer), nested or
+unbalanced tags (only the last closing tag and the last opening tag before it matter), and huge
+completions (over `MAX_COMPLETION_CHARS` there is no answer at all, so no later step ever sees
+megabytes of hostile text). Does not judge what is inside the block: each verifier bounds and
+parses its answer itself.
+"""
+
+from __future__ import annotations
+
+from zeroth.api import AnswerExtraction
+
+# 256 Ki characters is more than any sane maxResponseTokens produces (~4 characters a token);
+# a longer completion is treated as having no answer rather than truncated, so text beyond the
+# limit can never decide a reward.
+MAX_COMPLETION_CHARS = 256 * 1024
+
+
+def last_tag_block(text: str, tag: str) -> str | None:
+    """The content of the last complete `<tag>...</tag>` block of `text`, unstripped; None if none."""
+    if not tag:
+        raise ValueError("answer.tag must be set when answer.mode is 'tag'")
+    opening, closing = f"<{tag}>", f"</{tag}>"
+    end = text.rfind(closing)
+    if end < 0:
+        return None
+    if text.find(opening, end + len(closing)) >= 0:
+        return None  # an answer block opened after the last one closed: the completion is unfinished
+    start = text.rfind(opening, 0, end)
+    if start < 0:
+        return None
+    return text[start + len(opening) : end]
+
+
+def first_line_before_equals(text: str) -> str:
+    """The first line of `text`, up to its first `=` (`9-4*2=1` gives `9-4*2`)."""
+    line = text.split("\n", 1)[0]
+    return line.split("=", 1)[0]
+
+
+def extract_answer(completion: str, answer: AnswerExtraction) -> str | None:
+    """The answer text a verifier should judge, stripped; None when there is no (non-empty) answer."""
+    if not isinstance(completion, str) or len(completion) > MAX_COMPLETION_CHARS:
+        return None
+    if answer.mode == "tag":
+        found = last_tag_block(completion, answer.tag)
+    elif answer.mode == "line":
+        found = first_line_before_equals(completion)
+    else:
+        raise ValueError(f"unknown answer mode {answer.mode!r}; known: 'tag', 'line'")
+    if found is None:
+        return None
+    found = found.strip()
+    return found or None

@@ -1,0 +1,110 @@
+"""Math: the answer is mathematically equal to the gold answer, judged by math-verify.
+
+Gold: the answer as a string (`\\frac{1}{2}`, `0.5`, `x^2+1`, `(1,2)`), with or without `$`.
+Both gold and answer are read as one LaTeX math expression: surrounding `$` are stripped and the
+text is wrapped in `$...$` before `math_verify.parse` (LaTeX and plain-expression extraction,
+`boxed_match_priority=0`, no `StringExtractionConfig`, as RECIPES says). Wrapping matters: bare
+text like `41 or 42` is searched for any number and would match 42, while `$41 or 42$` reads as
+the set {41, 42}, which is not 42. Score 1 when `math_verify.verify(gold, answer)` holds, else 0.
+A gold answer that does not parse to a mathematical object (math-verify finds nothing, or only
+its raw-string fallback) raises "gold does not parse" (score 0 with the error recorded),
+so callers can skip the sample instead of training on a reward that could never be 1.
+
+parse and verify run in a persistent worker process (`workers.WorkerPool`) with a hard wall-clock
+limit of `spec.timeout_seconds`: math-verify's signal-based timeouts are switched off (they fail
+off the main thread), and an overrunning worker is killed and replaced. Workers have a 4 GiB
+address-space limit. Gold parses are cached in the worker (a group of samples shares one gold).
+
+Defends against: slow or exploding symbolic work (`9^{9^{9}}`, huge factorials) by the kill;
+memory blow-ups by the address-space limit; listing candidates in one block (a list or set is
+compared as a set and fails against a single value); many blocks (extraction keeps the last);
+over-long answers (over `MAX_ANSWER_CHARS` there is no answer). Does not defend against
+math-verify's own leniencies (it accepts some answers a human grader would not, such as `10%`
+for 10, or `41 \\lor 42` for 42); such cases are math-verify's to fix, and are few.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from zeroth.api import VerifierSpec
+
+from .extract import extract_answer
+from .workers import WorkerPool, WorkerTimeout
+
+MAX_ANSWER_CHARS = 2000
+WORKER_MEMORY_BYTES = 4 << 30
+
+_pool: WorkerPool | None = None
+
+
+def pool() -> WorkerPool:
+    """The process-wide math worker pool, created on first use."""
+    global _pool
+    if _pool is None:
+        _pool = WorkerPool(
+            size=min(4, os.cpu_count() or 1),
+            memory_bytes=WORKER_MEMORY_BYTES,
+            preload=(__name__, "math_verify"),
+        )
+    return _pool
+
+
+def as_latex(text: str) -> str:
+    """`text` as one inline math expression: outer `$` stripped, then wrapped in `$...$`."""
+    return "$" + text.strip().strip("$").strip() + "$"
+
+
+# Everything below `check` runs inside the worker process.
+
+
+@functools.cache
+def _config() -> list:
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    return [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+
+
+def _parse(text: str) -> list:
+    from math_verify import parse
+
+    return parse(as_latex(text), extraction_config=_config(), parsing_timeout=None)
+
+
+_parse_gold = functools.lru_cache(maxsize=1024)(_parse)
+
+
+def check(gold: str, answer: str) -> int:
+    """1 when `answer` equals `gold` by math-verify, 0 when not, -1 when the gold does not parse.
+
+    Runs in a worker: no timeouts here (the pool enforces them), and only plain values cross.
+    """
+    from math_verify import verify
+
+    gold_parsed = _parse_gold(gold)
+    if not any(not isinstance(item, str) for item in gold_parsed):
+        return -1  # nothing, or only math-verify's raw-string fallback: no mathematical object
+    answer_parsed = _parse(answer)
+    if not answer_parsed:
+        return 0
+    return int(bool(verify(gold_parsed, answer_parsed, timeout_seconds=None)))
+
+
+def verify(completion: str, gold: Any, spec: VerifierSpec) -> float:
+    """1.0 when the extracted answer equals the gold answer by math-verify, else 0.0."""
+    if isinstance(gold, int | float) and not isinstance(gold, bool):
+        gold = str(gold)
+    if not isinstance(gold, str) or not gold.strip() or len(gold) > MAX_ANSWER_CHARS:
+        raise ValueError("gold does not parse")
+    answer = extract_answer(completion, spec.answer)
+    if answer is None or len(answer) > MAX_ANSWER_CHARS:
+        return 0.0
+    try:
+        verdict = pool().run(check, (gold, answer), spec.timeout_seconds)
+    except WorkerTimeout as exc:
+        raise TimeoutError(str(exc)) from None
+    if verdict < 0:
+        raise ValueError("gold does not parse")
+    return float(verdict)

@@ -1,0 +1,71 @@
+"""Weight sync between the trainer and the rollout fleet, with a version number.
+
+`WeightSync` is the interface; `ObjectStoreSync` ships a state dict through Ray's object store as
+numpy arrays (zero-copy on arrival, RECIPES: 0.10 s put / 0.02 s receive for 128 MiB, against 1.2 s
+for torch tensors). An NCCL broadcast for large models on GPUs implements the same interface.
+`checksum` is computed identically on both sides, so a test can prove that after a sync the
+rollout's weights equal the trainer's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Mapping, Protocol
+
+import numpy as np
+import torch
+
+
+def to_numpy(state_dict: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Contiguous CPU numpy copies (bf16 travels as its raw 16-bit pattern)."""
+    out = {}
+    for name, t in state_dict.items():
+        t = t.detach().cpu().contiguous()
+        out[name] = t.view(torch.int16).numpy() if t.dtype == torch.bfloat16 else t.numpy()
+    return out
+
+
+def load_numpy(model: torch.nn.Module, weights: Mapping[str, np.ndarray]) -> None:
+    """Copies arrays into the model's parameters and buffers in place (no new allocations)."""
+    own = model.state_dict()
+    missing = set(own) - set(weights)
+    if missing:
+        raise KeyError(f"weights lack {sorted(missing)[:5]}")
+    with torch.no_grad():
+        for name, dst in own.items():
+            src = torch.from_numpy(np.asarray(weights[name]))
+            if dst.dtype == torch.bfloat16:
+                src = src.view(torch.bfloat16)
+            dst.copy_(src.reshape(dst.shape))
+
+
+def checksum(state: Mapping[str, torch.Tensor] | Mapping[str, np.ndarray]) -> str:
+    """sha256 over names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        v = state[name]
+        if isinstance(v, torch.Tensor):
+            v = to_numpy({name: v})[name]
+        a = np.ascontiguousarray(v)
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+class WeightSync(Protocol):
+    def publish(self, version: int, state_dict: Mapping[str, torch.Tensor]) -> list[Any]:
+        """Sends weights `version` to every worker; returns handles that complete when applied."""
+
+
+class ObjectStoreSync:
+    """Puts the weights in Ray's object store once; each worker pulls them by reference."""
+
+    def __init__(self, workers: list[Any]):
+        self.workers = workers
+
+    def publish(self, version: int, state_dict: Mapping[str, torch.Tensor]) -> list[Any]:
+        import ray
+
+        ref = ray.put(to_numpy(state_dict))
+        # a list around the ref keeps Ray from resolving it in the caller: each worker fetches it
+        return [w.set_weights.remote(version, [ref]) for w in self.workers]

@@ -1,0 +1,46 @@
+"""Metric names are defined once and follow Prometheus conventions."""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client import generate_latest
+
+from zeroth import metrics
+
+
+def test_names_are_unique_and_conventional():
+    names = [m.full_name for m in metrics.DEFINITIONS]
+    assert len(names) == len(set(names))
+    for m in metrics.DEFINITIONS:
+        assert re.fullmatch(r"zeroth_[a-z][a-z0-9_]*", m.full_name), m.name
+        # prometheus-client appends _total to counters itself; a name ending in it would double it
+        assert not m.name.endswith("_total"), m.name
+        if m.kind == "histogram":
+            assert m.buckets and list(m.buckets) == sorted(m.buckets), m.name
+
+
+def test_every_definition_exports():
+    reg = metrics.Metrics()
+    for m in metrics.DEFINITIONS:
+        obj = reg[m.name].labels(**{label: "x" for label in m.labels})
+        if m.kind == "histogram":
+            obj.observe(1.0)
+        elif m.kind == "counter":
+            obj.inc()
+        else:
+            obj.set(1.0)
+    text = generate_latest(reg.registry).decode()
+    for m in metrics.DEFINITIONS:
+        suffix = {"counter": "_total", "histogram": "_count", "gauge": ""}[m.kind]
+        assert f"\n{m.full_name}{suffix}{{" in text, m.full_name
+
+
+def test_unknown_metric_lists_known():
+    reg = metrics.Metrics(names=("loss",))
+    try:
+        reg["losss"]
+    except KeyError as e:
+        assert "loss" in str(e)
+    else:
+        raise AssertionError("unknown metric accepted")

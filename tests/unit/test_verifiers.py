@@ -1,0 +1,342 @@
+"""Verifiers: the registry, answer extraction, countdown, arc, format and math, on honest and hostile text.
+
+Every expected score is written by hand from the task's rules, never computed with the code under
+test. Hostile inputs must score 0 quickly and never raise. The code sandbox has its own file.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from zeroth import api
+from zeroth.api import AnswerExtraction, VerifierSpec
+from zeroth.rollout import verifiers
+from zeroth.rollout.verifiers import arc, math_answers
+from zeroth.rollout.verifiers.extract import MAX_COMPLETION_CHARS, extract_answer
+
+TAG = AnswerExtraction()
+LINE = AnswerExtraction(mode="line", tag="")
+ONE_MB = 1 << 20
+
+
+def spec(name: str, **kw) -> VerifierSpec:
+    return VerifierSpec(name=name, **kw)
+
+
+def ans(text: str) -> str:
+    return f"<think>reasoning</think>\n<answer>{text}</answer>"
+
+
+def run(name: str, completion: str, gold, **kw) -> verifiers.VerifierResult:
+    """Score through the public, never-raising entry point, and insist it stays quick."""
+    start = time.perf_counter()
+    result = verifiers.score(spec(name, **kw), completion, gold)
+    assert time.perf_counter() - start < 10
+    return result
+
+
+# --- registry and the score/reward wrappers -------------------------------------------------
+
+
+def test_registry_names_are_exactly_the_api_names():
+    assert tuple(verifiers.REGISTRY) == api.VERIFIERS
+
+
+def test_unknown_verifier_fails_listing_the_known_ones():
+    with pytest.raises(ValueError) as err:
+        verifiers.verifier("regex")
+    for name in api.VERIFIERS:
+        assert name in str(err.value)
+    result = verifiers.score(VerifierSpec.model_construct(name="regex"), "x", None)
+    assert result.score == 0.0 and "unknown verifier" in result.error
+
+
+def test_score_never_raises_and_records_why(monkeypatch):
+    assert run("countdown", ans("1+2"), "not a dict").error.startswith("ValueError")
+    monkeypatch.setitem(verifiers.REGISTRY, "countdown", lambda c, g, s: 1 / 0)
+    assert run("countdown", "", None).error.startswith("ZeroDivisionError")
+    monkeypatch.setitem(verifiers.REGISTRY, "countdown", lambda c, g, s: float("nan"))
+    assert run("countdown", "", None).score == 0.0
+    monkeypatch.setitem(verifiers.REGISTRY, "countdown", lambda c, g, s: 2.0)
+    result = run("countdown", "", None)
+    assert (result.score, "outside [0, 1]" in result.error) == (0.0, True)
+
+    def slow(c, g, s):
+        raise TimeoutError("took too long")
+
+    monkeypatch.setitem(verifiers.REGISTRY, "countdown", slow)
+    result = run("countdown", "", None)
+    assert (result.score, result.timed_out, result.error) == (0.0, True, "took too long")
+
+
+def test_reward_is_the_weighted_sum_and_accuracy_ignores_format():
+    gold = {"numbers": [9, 4, 2], "target": 1}
+    specs = [spec("countdown", weight=2.0), spec("format", weight=0.5)]
+    total, results = verifiers.reward(specs, ans("9-4*2"), gold)
+    assert total == 2.5 and [r.name for r in results] == ["countdown", "format"]
+    assert verifiers.is_correct(results)
+    total, results = verifiers.reward(specs, "<answer>9-4*2</answer> trailing", gold)
+    assert total == 2.0  # the answer is right; text after it costs the format reward
+    total, results = verifiers.reward(specs, "no tags at all: 9-4*2", gold)
+    assert total == 0.0 and not verifiers.is_correct(results)
+    total, results = verifiers.reward(specs, "9-4*2</think><answer>9+4</answer>", gold)
+    assert total == 0.5 and not verifiers.is_correct(results)
+    _, only_format = verifiers.reward([spec("format")], ans("anything"), None)
+    assert only_format[0].score == 1.0 and not verifiers.is_correct(only_format)
+
+
+# --- answer extraction ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("<answer>wrong</answer> then <answer>right</answer>", "right"),
+        ("<answer> spaced \n</answer>", "spaced"),
+        ("<answer>a<answer>b</answer>", "b"),
+        ("<answer>first</answer><answer>unfinished", None),
+        ("<answer></answer>", None),
+        ("<answer>  \n </answer>", None),
+        ("no block", None),
+        ("</answer>only closing", None),
+        ("<answer>only opening", None),
+    ],
+)
+def test_tag_mode_reads_only_the_last_complete_block(completion, expected):
+    assert extract_answer(completion, TAG) == expected
+
+
+def test_tag_name_comes_from_the_spec():
+    assert extract_answer("<answer>no</answer><final>yes</final>", AnswerExtraction(tag="final")) == "yes"
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [("9-4*2=1\nnums 1 2: 3", "9-4*2"), (" 5+3 \n=8", "5+3"), ("=1", None), ("\n9-4*2=1", None), ("7", "7")],
+)
+def test_line_mode_reads_the_first_line_up_to_equals(completion, expected):
+    assert extract_answer(completion, LINE) == expected
+
+
+def test_huge_completions_have_no_answer():
+    assert extract_answer("x" * MAX_COMPLETION_CHARS + "<answer>1</answer>", TAG) is None
+    assert extract_answer("1+2" * (ONE_MB // 3), LINE) is None
+
+
+# --- countdown ------------------------------------------------------------------------------
+
+GOLD = {"numbers": [9, 4, 2], "target": 1}
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold", "expected"),
+    [
+        ("9-4*2", GOLD, 1.0),
+        (" ( 9 - (4*2) ) ", GOLD, 1.0),
+        ("9-4-2", GOLD, 0.0),  # 3, not 1
+        ("(9-4)*2", {"numbers": [9, 4, 2], "target": 10}, 1.0),
+        ("9-4*2", {"numbers": [9, 4, 2, 7], "target": 1}, 1.0),  # not every number must be used
+        ("9*9*9", {"numbers": [9, 9, 9], "target": 729}, 1.0),  # repeated numbers, each once
+        ("3+3", {"numbers": [3, 5], "target": 6}, 0.0),  # 3 used twice
+        ("4+4", {"numbers": [3, 5], "target": 8}, 0.0),  # 4 is not given
+        ("8", {"numbers": [3, 5], "target": 8}, 0.0),  # the target itself is not given
+        ("3/2*4", {"numbers": [3, 2, 4], "target": 6}, 1.0),  # exact intermediate fraction
+        ("5/2", {"numbers": [5, 2], "target": 2}, 0.0),  # 2.5: no floor division
+        ("5//2", {"numbers": [5, 2], "target": 2}, 0.0),
+        ("5%3", {"numbers": [5, 3], "target": 2}, 0.0),
+        ("5/(3-3)", {"numbers": [5, 3, 3], "target": 5}, 0.0),  # division by zero
+        ("-3+5", {"numbers": [3, 5], "target": 2}, 0.0),  # no unary minus
+        ("5-3", {"numbers": [3, 5], "target": 2}, 1.0),
+        ("+5", {"numbers": [5], "target": 5}, 0.0),  # no unary plus
+        ("2.5*2", {"numbers": [2, 5], "target": 5}, 0.0),
+        ("1_0", {"numbers": [10], "target": 10}, 0.0),
+        ("09-4*2", GOLD, 0.0),
+        ("abs(1)", {"numbers": [1], "target": 1}, 0.0),
+        ("__import__('os')", GOLD, 0.0),
+        ("9-4*2, 9+4+2", GOLD, 0.0),  # several candidates in one block
+        ("9-4*2 or 9+4", GOLD, 0.0),
+        ("9-4*2\n9+4+2", GOLD, 0.0),
+        ("9-4*2 == 1", GOLD, 0.0),
+        ("", GOLD, 0.0),
+    ],
+)
+def test_countdown(answer, gold, expected):
+    result = run("countdown", ans(answer), gold)
+    assert (result.score, result.error) == (expected, None)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "9**9**9",
+        "2**100000",
+        "(" * 10000 + "9" + ")" * 10000,
+        "1+" * 50000 + "1",
+        "١-٤*٢",  # Arabic-Indic digits: Python's parser reads these as numbers
+        "９-４*２",  # fullwidth digits
+        "9\u2212" + "4*2",  # a Unicode minus sign
+    ],
+)
+def test_countdown_hostile_answers_score_zero_fast(answer):
+    start = time.perf_counter()
+    result = run("countdown", ans(answer), {"numbers": [9, 9, 9, 4, 2, 1], "target": 1})
+    assert (result.score, result.error, result.timed_out) == (0.0, None, False)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_countdown_only_the_last_answer_block_counts():
+    assert run("countdown", "<answer>9+4</answer><answer>9-4*2</answer>", GOLD).score == 1.0
+    assert run("countdown", "<answer>9-4*2</answer><answer>9+4</answer>", GOLD).score == 0.0
+    assert run("countdown", "<answer>9-4*2</answer>" + "x" * ONE_MB, GOLD).score == 0.0
+
+
+def test_countdown_line_mode_for_the_tiny_model():
+    line = {"answer": {"mode": "line", "tag": ""}}
+    assert verifiers.score(VerifierSpec.model_validate({"name": "countdown", **line}), "9-4*2=1", GOLD).score == 1.0
+    assert verifiers.score(VerifierSpec.model_validate({"name": "countdown", **line}), "9+4*2=1", GOLD).score == 0.0
+
+
+# --- arc ------------------------------------------------------------------------------------
+
+GRID = [[1, 2, 0], [3, 4, 0]]
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("120\n340", 1.0),
+        ("1 2 0\n3 4 0", 1.0),
+        ("\n 120 \n\n 340 \n", 1.0),
+        ("[[1, 2, 0], [3, 4, 0]]", 1.0),
+        ("```\n120\n340\n```", 1.0),
+        ("120\n341", 0.0),  # one cell wrong
+        ("120", 0.0),  # a row missing
+        ("12\n34", 0.0),  # a column missing
+        ("13\n24\n00", 0.0),  # transposed
+        ("120\n34", 0.0),  # ragged
+        ("120\n340\n\n120\n340", 0.0),  # two grids in one block
+        ("１２０\n３４０", 0.0),  # fullwidth digits
+        ("12 0\n34 0", 0.0),  # a two-digit cell
+        ("[[1, 2, 0], [3, 4, 10]]", 0.0),
+        ("[[true, 2, 0], [3, 4, 0]]", 0.0),  # JSON booleans are not 1
+        ("[[1.0, 2, 0], [3, 4, 0]]", 0.0),
+        ("[[[1, 2, 0]], [3, 4, 0]]", 0.0),
+        ("[" * 100000, 0.0),
+        ("", 0.0),
+    ],
+)
+def test_arc(answer, expected):
+    result = run("arc", ans(answer), GRID)
+    assert (result.score, result.error) == (expected, None)
+
+
+def test_arc_accepts_numpy_gold_and_bounds_the_size():
+    assert run("arc", ans("12\n34"), np.array([[1, 2], [3, 4]])).score == 1.0
+    side30 = [[7] * 30 for _ in range(30)]
+    assert run("arc", ans("\n".join(["7" * 30] * 30)), side30).score == 1.0
+    assert arc.parse_grid("\n".join(["7" * 31] * 31)) is None
+    assert run("arc", ans("7"), [[7] * 31]).error.startswith("ValueError")
+
+
+# --- format ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("<think>a</think><answer>b</answer>", 1.0),
+        ("  <think>\na\n</think>\n\n<answer>\nb\n</answer>\n", 1.0),
+        ("a (the prompt ended with the opening tag)\n</think>\n<answer>b</answer>", 1.0),
+        ("<think></think><answer>b</answer>", 1.0),  # empty reasoning is allowed, as in R1
+        ("<think>a</think><answer> </answer>", 0.0),  # empty answer
+        ("<think>a</think><think>c</think><answer>b</answer>", 0.0),
+        ("<think>a</think><answer>b</answer><answer>c</answer>", 0.0),
+        ("<think>a <answer>x</answer></think><answer>b</answer>", 0.0),
+        ("<think>a</think><answer>b</answer> and more", 0.0),
+        ("<think>a</think> words <answer>b</answer>", 0.0),
+        ("<answer>b</answer><think>a</think>", 0.0),
+        ("hello <think>a</think><answer>b</answer>", 0.0),  # <think> must open the completion
+        ("<think>a<answer>b</answer>", 0.0),
+        ("<answer>b</answer>", 0.0),
+        ("<think>" + "a" * ONE_MB + "</think><answer>b</answer>", 0.0),
+    ],
+)
+def test_format(completion, expected):
+    assert run("format", completion, None).score == expected
+
+
+def test_format_uses_the_configured_answer_tag():
+    completion = "<think>a</think><final>b</final>"
+    final = VerifierSpec(name="format", answer=AnswerExtraction(tag="final"))
+    assert verifiers.score(final, completion, None).score == 1.0
+    assert run("format", completion, None).score == 0.0
+
+
+# --- math -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def math_pool():
+    pool = math_answers.pool()
+    pool.warm_up()  # the first worker imports sympy: seconds, outside every test's deadline
+    return pool
+
+
+@pytest.mark.parametrize(
+    ("answer", "gold", "expected"),
+    [
+        ("1/2", "\\frac{1}{2}", 1.0),
+        ("0.5", "\\frac{1}{2}", 1.0),
+        ("\\frac{1}{2}", "0.5", 1.0),
+        ("$\\frac{2}{4}$", "$\\frac{1}{2}$", 1.0),
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}", 1.0),
+        ("\\frac{1}{3}", "\\frac{1}{2}", 0.0),
+        ("1+x^2", "x^2+1", 1.0),
+        ("x^2-1", "x^2+1", 0.0),
+        ("\\sqrt{2}", "\\sqrt 2", 1.0),
+        ("42", 42, 1.0),  # a numeric gold is read as its text
+        ("41 or 42", "42", 0.0),  # several candidates in one block
+        ("41, 42", "42", 0.0),
+        ("\\{41, 42\\}", "42", 0.0),
+        ("", "42", 0.0),
+    ],
+)
+def test_math(math_pool, answer, gold, expected):
+    result = run("math", ans(answer), gold)
+    assert (result.score, result.error) == (expected, None)
+
+
+def test_math_only_the_last_block_counts(math_pool):
+    assert run("math", "<answer>41</answer><answer>42</answer>", "42").score == 1.0
+    assert run("math", "<answer>42</answer><answer>41</answer>", "42").score == 0.0
+    assert run("math", "<answer>42</answer>" + "x" * ONE_MB, "42").score == 0.0
+    assert run("math", ans("4" * 5000), "42").score == 0.0  # over MAX_ANSWER_CHARS
+
+
+@pytest.mark.parametrize("gold", ["", "\\frac{1}{", "\\", None, ["1"]])
+def test_math_gold_that_does_not_parse_is_reported(math_pool, gold):
+    result = run("math", ans("1"), gold)
+    assert result.score == 0.0 and result.error == "ValueError: gold does not parse"
+
+
+def test_math_timeout_kills_the_worker_and_the_next_call_works(math_pool):
+    start = time.perf_counter()
+    result = run("math", ans("9^{9^{9}}"), "42", timeout_seconds=1)
+    assert (result.score, result.timed_out) == (0.0, True)
+    assert time.perf_counter() - start < 3
+    assert run("math", ans("\\frac{84}{2}"), "42").score == 1.0  # a fresh worker answers
+
+
+def test_math_works_off_the_main_thread(math_pool):
+    # math-verify's own timeout uses signal.alarm, which fails off the main thread.
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(run("math", ans("0.5"), "1/2"))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [(r.score, r.error) for r in results] == [(1.0, None)] * 3

@@ -1,0 +1,237 @@
+"""The training loop: rank 0 drives the rollout fleet through Ray; every rank trains its shard.
+
+Per step: samples for the step (generated with weights at most `maxStaleness` versions old) →
+group advantages on rank 0 → each rank gets a whole number of groups → GRPO update → the new
+weights go to the fleet → metrics, and at intervals evaluation and a checkpoint.
+Data order and sampling seeds derive from (seed, cursor, step), so a resumed run reads the same
+prompts and draws the same samples as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from zeroth import api
+from zeroth.rollout.worker import Sample
+from zeroth.trainer import checkpoint as ckpt
+from zeroth.trainer import data, grpo, models
+from zeroth.trainer.engine import Policy
+
+
+class Stop:
+    """SIGTERM/SIGINT: finish the step, checkpoint, exit cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._set)
+        signal.signal(signal.SIGINT, self._set)
+
+    def _set(self, *_: Any) -> None:
+        self.requested = True
+
+
+def _broadcast(obj: Any) -> Any:
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def data_order(n_tasks: int, seed: int):
+    """prompts(cursor, n): tasks in a fresh seeded permutation per epoch."""
+    perms: dict[int, np.ndarray] = {}
+
+    def index(i: int) -> int:
+        epoch, offset = divmod(i, n_tasks)
+        if epoch not in perms:
+            perms[epoch] = np.random.default_rng([seed, epoch]).permutation(n_tasks)
+        return int(perms[epoch][offset])
+
+    return index
+
+
+def pass_maj(sampled: list[Sample], k: int) -> tuple[float, float]:
+    """pass@k (any of k correct) and maj@k (the most frequent completion is correct), per task."""
+    by_task: dict[str, list[Sample]] = {}
+    for s in sampled:
+        by_task.setdefault(s.task_id, []).append(s)
+    passed = majority = 0
+    for group in by_task.values():
+        passed += any(s.correct for s in group)
+        counts: dict[str, list[Sample]] = {}
+        for s in group:
+            counts.setdefault(s.completion.strip(), []).append(s)
+        top = max(counts.values(), key=len)
+        majority += top[0].correct
+    n = max(len(by_task), 1)
+    return passed / n, majority / n
+
+
+def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, metrics_port: int | None) -> int:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    algo = spec.algorithm
+    stop = Stop()
+    if rank == 0:
+        model_path = models.resolve(spec.model)
+    dist.barrier()
+    model_path = _broadcast(model_path if rank == 0 else None)
+    batch_size = algo.prompts_per_step * algo.group_size
+    if batch_size % world or (algo.prompts_per_step % world):
+        raise SystemExit(f"spec.algorithm.promptsPerStep ({algo.prompts_per_step}) must be divisible by trainer.replicas ({world})")
+    policy = Policy(spec, model_path, batch_size // world)
+    ckpt_dir = run_dir / "checkpoints"
+    state = ckpt.TrainerState()
+    found = ckpt.latest(ckpt_dir)
+    if found:
+        tag, state = found
+        policy.load(str(ckpt_dir), tag)
+        ckpt.restore_rng(state.rng)
+        state.restarts += 1
+    torch.manual_seed(algo.seed + state.step)
+
+    fleet = reporter = None
+    if rank == 0:
+        import ray
+
+        from zeroth.rollout.fleet import Fleet
+        from zeroth.trainer.report import Reporter
+
+        if not ray.is_initialized():
+            # on a cluster RAY_ADDRESS names the run's Ray head; locally Ray starts here, one CPU a worker
+            local = {} if _ray_address() else {"num_cpus": max(spec.rollout.replicas, 1)}
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
+        tasks = data.load_tasks(spec.dataset, spec.dataset.split, algo.seed, limit=spec.dataset.max_prompts)
+        held_out = data.load_tasks(spec.dataset, spec.dataset.eval_split, algo.seed, limit=spec.dataset.eval_size)
+        order = data_order(len(tasks), algo.seed)
+
+        def prompts(cursor: int, n: int) -> list[dict[str, Any]]:
+            return [_task(tasks[order(i)]) for i in range(cursor, cursor + n)]
+
+        def informative(rewards: list[float]) -> bool:
+            return not bool(grpo.all_equal_groups(torch.tensor(rewards), len(rewards))[0])
+
+        fleet = Fleet(spec, model_path, spec.rollout.replicas)
+        fleet.cursor = state.cursor
+        reporter = Reporter(run_dir, name, namespace, spec, metrics_port)
+    sync_seconds = _publish(policy, fleet, state.weights_version)
+
+    while state.step < algo.max_steps:
+        t0 = time.perf_counter()
+        if rank == 0:
+            samples = fleet.batch(state.step, prompts, informative)
+            rewards = torch.tensor([s.reward for s in samples])
+            if algo.overlong.buffer_tokens:
+                lengths = torch.tensor([len(s.completion_ids) for s in samples])
+                rewards = rewards + grpo.overlong_penalty(lengths, algo.max_response_tokens, algo.overlong.buffer_tokens,
+                                                          algo.overlong.penalty)
+            adv = grpo.group_advantages(rewards, algo.group_size, algo.scale_rewards, algo.only_positive_advantages)
+            groups = len(samples) // algo.group_size
+            per = groups // world
+            shards = [(samples[r * per * algo.group_size:(r + 1) * per * algo.group_size],
+                       adv[r * per * algo.group_size:(r + 1) * per * algo.group_size]) for r in range(world)]
+            # dapo's global token mean counts the loss tokens: filtered overlong samples have none
+            tokens = sum(len(s.completion_ids) for s in samples if not (algo.overlong.filter and s.truncated))
+            payload = [shards, tokens, stop.requested]
+        else:
+            payload = [None, 0, False]
+        dist.broadcast_object_list(payload, src=0)
+        shards, tokens, stopping = payload
+        my_samples, my_adv = shards[rank]
+        t_gen = time.perf_counter() - t0
+        stats = policy.train_step(my_samples, my_adv, tokens)
+        gathered = [None] * world
+        dist.all_gather_object(gathered, stats)
+        state.step += 1
+        state.weights_version += 1
+        sync_seconds = _publish(policy, fleet, state.weights_version)
+        if rank == 0:
+            step_seconds = time.perf_counter() - t0
+            record = _record(state, samples, gathered, algo, step_seconds, t_gen, sync_seconds)
+            reporter.step(record, samples)
+        stopping = _broadcast(stop.requested if rank == 0 else None)
+        last = state.step >= algo.max_steps
+        if rank == 0 and (last or (spec.eval.every_steps and state.step % spec.eval.every_steps == 0)):
+            _evaluate(fleet, reporter, held_out, spec, state.step)
+        if last or stopping or state.step % spec.checkpoint.every_steps == 0:
+            _save(policy, state, fleet, ckpt_dir, spec.checkpoint.keep)
+            if rank == 0:
+                reporter.checkpoint(state.step)
+        if rank == 0:
+            reporter.plot()
+        if stopping:
+            return 130
+    return 0
+
+
+def _ray_address() -> str | None:
+    import os
+
+    return os.environ.get("RAY_ADDRESS")
+
+
+def _task(t: data.Task) -> dict[str, Any]:
+    return {"id": t.id, "prompt": t.prompt, "gold": t.gold}
+
+
+def _publish(policy: Policy, fleet, version: int) -> float:
+    weights = policy.state_dict()  # every rank takes part (ZeRO-3 gathers)
+    return fleet.publish(version, weights) if fleet is not None else 0.0
+
+
+def _save(policy: Policy, state: ckpt.TrainerState, fleet, directory: Path, keep: int) -> None:
+    if fleet is not None:
+        state.cursor = fleet.resume_cursor()
+    state.cursor = _broadcast(state.cursor if dist.get_rank() == 0 else None)
+    state.rng = ckpt.rng_state()
+    policy.save(str(directory), ckpt.tag(state.step), {"step": state.step})
+    dist.barrier()  # every rank's shards are on disk before the marker makes the checkpoint real
+    if dist.get_rank() == 0:
+        ckpt.mark_complete(directory, state)
+        ckpt.prune(directory, keep)
+    dist.barrier()
+
+
+def _record(state, samples: list[Sample], gathered: list[dict[str, float]], algo, step_seconds: float,
+            gen_seconds: float, sync_seconds: float) -> dict[str, Any]:
+    rewards = np.array([s.reward for s in samples])
+    lengths = np.array([len(s.completion_ids) for s in samples])
+    all_equal = grpo.all_equal_groups(torch.tensor(rewards), algo.group_size)
+    mean = {k: float(np.mean([g[k] for g in gathered])) for k in gathered[0]}
+    generated = int(lengths.sum())
+    by_verifier: dict[str, float] = {}
+    for name in samples[0].scores:
+        by_verifier[name] = float(np.mean([s.scores[name] for s in samples]))
+    return {
+        "step": state.step,
+        "weights_version": state.weights_version,
+        "reward_mean": float(rewards.mean()),
+        "reward_by_verifier": by_verifier,
+        "accuracy": float(np.mean([s.correct for s in samples])),
+        "all_equal_groups_fraction": float(all_equal.float().mean()),
+        "response_length_mean": float(lengths.mean()),
+        "truncated_fraction": float(np.mean([s.truncated for s in samples])),
+        "staleness_max": int(max(state.weights_version - 1 - s.version for s in samples)),
+        "generated_tokens": generated,
+        "trained_tokens": generated,
+        "tokens_per_second": generated / max(gen_seconds, 1e-9),
+        "step_seconds": step_seconds,
+        "generation_seconds": gen_seconds,
+        "weight_sync_seconds": sync_seconds,
+        **mean,
+    }
+
+
+def _evaluate(fleet, reporter, held_out: list[data.Task], spec: api.ReasoningRunSpec, step: int) -> None:
+    k = spec.eval.samples_per_prompt
+    greedy, sampled = fleet.evaluate([_task(t) for t in held_out], k, step)
+    pass_k, maj_k = pass_maj(sampled, k)
+    reporter.evaluation({
+        "step": step, "eval_greedy": float(np.mean([s.correct for s in greedy])),
+        "eval_pass@k": pass_k, "eval_maj@k": maj_k, "eval_k": k, "eval_size": len(held_out),
+    })

@@ -1,0 +1,134 @@
+"""What a run shows: `metrics.jsonl`, Prometheus `/metrics`, exported samples, and PNG plots.
+
+Written by trainer rank 0 only. Reward and accuracy are kept apart everywhere: reward is the
+weighted sum of the verifiers' scores (any partial credit is a visible verifier weight), accuracy
+the fraction of samples every task verifier accepts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client import start_http_server
+
+from zeroth import api
+from zeroth.metrics import Metrics
+from zeroth.rollout.worker import Sample
+
+
+class Reporter:
+    def __init__(self, run_dir: Path, name: str, namespace: str, spec: api.ReasoningRunSpec, metrics_port: int | None):
+        self.run_dir = run_dir
+        self.spec = spec
+        self.labels = {"run": name, "namespace": namespace}
+        self.metrics = Metrics()
+        self.history: list[dict[str, Any]] = []
+        path = run_dir / "metrics.jsonl"
+        if path.exists():
+            self.history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        self.jsonl = open(path, "a")
+        (run_dir / "samples").mkdir(exist_ok=True)
+        self.port = None
+        if metrics_port is not None:
+            server, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=self.metrics.registry)
+            self.port = server.server_port
+            (run_dir / "metrics_port").write_text(str(self.port))
+        self.metrics["max_steps"].labels(**self.labels).set(spec.algorithm.max_steps)
+
+    def _m(self, name: str, **extra: str):
+        return self.metrics[name].labels(**self.labels, **extra)
+
+    def step(self, record: dict[str, Any], samples: list[Sample]) -> None:
+        """One training step: metrics.jsonl, Prometheus, exported samples."""
+        m = self._m
+        for s in samples:
+            m("reward", verifier="all").observe(s.reward)
+            for name, score in s.scores.items():
+                m("reward", verifier=name).observe(score)
+            for name, secs in s.verifier_seconds.items():
+                m("verifier_seconds", verifier=name).observe(secs)
+            for name in s.verifier_timeouts:
+                m("verifier_timeouts", verifier=name).inc()
+            m("response_length_tokens").observe(len(s.completion_ids))
+            m("rollout_staleness").observe(record["weights_version"] - 1 - s.version)  # version trained from
+        m("generated_tokens").inc(record["generated_tokens"])
+        m("trained_tokens").inc(record["trained_tokens"])
+        m("step_seconds").observe(record["step_seconds"])
+        m("weight_sync_seconds").observe(record["weight_sync_seconds"])
+        for key in ("step", "accuracy", "all_equal_groups_fraction", "loss", "kl", "entropy", "clip_fraction",
+                    "importance_ratio", "logprob_mismatch", "grad_norm", "learning_rate", "weights_version",
+                    "tokens_per_second"):
+            if record.get(key) is not None:
+                m(key).set(record[key])
+        self._write(record)
+        self._export(record["step"], samples)
+
+    def checkpoint(self, step: int) -> None:
+        self._m("checkpoint_step").set(step)
+
+    def evaluation(self, record: dict[str, Any]) -> None:
+        for kind in ("greedy", "pass@k", "maj@k"):
+            self._m("eval_accuracy", kind=kind).set(record[f"eval_{kind}"])
+        self._write(record)
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+
+    def _export(self, step: int, samples: list[Sample]) -> None:
+        export = self.spec.export
+        if not export.enabled:
+            return
+        keep = [s for s in samples if export.which == "all" or s.correct]
+        if not keep:
+            return
+        with open(self.run_dir / "samples" / f"step-{step:08d}.jsonl", "w") as f:
+            for s in keep:
+                f.write(json.dumps({
+                    "task_id": s.task_id, "prompt_ids": s.prompt_ids, "completion": s.completion,
+                    "reward": s.reward, "scores": s.scores, "correct": s.correct, "weights_version": s.version,
+                }) + "\n")
+
+    def plot(self) -> None:
+        """Redraws the PNGs from the history (atomically, so a viewer never sees half a file)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [r for r in self.history if "reward_mean" in r]
+        evals = [r for r in self.history if "eval_greedy" in r]
+        if not steps:
+            return
+        x = np.array([r["step"] for r in steps])
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        ax.plot(x, [r["reward_mean"] for r in steps], label="reward (mean)", alpha=0.8)
+        ax.plot(x, [r["accuracy"] for r in steps], label="accuracy (train samples)", alpha=0.8)
+        if evals:
+            ex = [r["step"] for r in evals]
+            ax.plot(ex, [r["eval_greedy"] for r in evals], "o-", label="held-out accuracy (greedy)")
+            ax.plot(ex, [r["eval_pass@k"] for r in evals], "s--", label="held-out pass@k")
+        ax.set_xlabel("step")
+        ax.set_ylim(-0.02, max(1.02, max(r["reward_mean"] for r in steps) + 0.05))
+        ax.set_title(f"{self.labels['run']}: reward and accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left")
+        self._save(fig, "reward.png")
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        ax.plot(x, [r["response_length_mean"] for r in steps], label="mean response length (tokens)")
+        ax.set_xlabel("step")
+        ax.set_title(f"{self.labels['run']}: response length")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        self._save(fig, "response_length.png")
+        plt.close("all")
+
+    def _save(self, fig, name: str) -> None:
+        tmp = self.run_dir / f".{name}.tmp.png"
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        os.replace(tmp, self.run_dir / name)

@@ -1,0 +1,121 @@
+"""`zeroth run`: the same manifest on this machine, no cluster.
+
+Validates the manifest (the same rules as `kubectl apply`), writes the run directory, starts the
+trainer ranks under torchrun (DeepSpeed with gloo on CPU; rank 0 starts a local Ray for the rollout
+workers), and follows `metrics.jsonl` with a progress bar. Ctrl-C asks the trainer to finish the
+step and checkpoint; `zeroth run --resume RUN_DIR` continues from there. The core never imports
+the trainer: it runs it as a process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from zeroth import api, validation
+
+CACHE = Path(os.environ.get("ZEROTH_CACHE", Path.home() / ".cache" / "zeroth"))
+
+
+def new_run_dir(run: api.ReasoningRun, root: Path) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = root / f"{run.metadata.name}-{stamp}"
+    path.mkdir(parents=True)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def trainer_command(run: api.ReasoningRun, run_dir: Path, metrics_port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={run.spec.trainer.replicas}", f"--master-port={free_port()}",
+        "-m", "zeroth.trainer.main", "--run-dir", str(run_dir), "--metrics-port", str(metrics_port),
+    ]
+
+
+def trainer_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE / "torch_extensions"))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("RAY_DISABLE_IMPORT_WARNING", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["ZEROTH_CACHE"] = str(CACHE)
+    return env
+
+
+def run(manifest: Path | None, resume: Path | None, runs_root: Path, metrics_port: int, console: Console) -> int:
+    if resume is not None:
+        run_dir = resume
+        run_ = validation.validate(json.loads((run_dir / "run.json").read_text()), source=str(run_dir / "run.json"))
+    else:
+        run_ = validation.load(manifest)
+        run_dir = new_run_dir(run_, runs_root)
+        (run_dir / "run.json").write_text(json.dumps(run_.model_dump(by_alias=True, exclude_none=True, mode="json"), indent=2))
+    log = open(run_dir / "trainer.log", "a")
+    console.print(f"[bold]{run_.metadata.name}[/]: run directory [cyan]{run_dir}[/]  (trainer log: trainer.log)")
+    proc = subprocess.Popen(trainer_command(run_, run_dir, metrics_port), stdout=log, stderr=subprocess.STDOUT,
+                            env=trainer_env(), start_new_session=True)
+    interrupted = False
+
+    def forward(*_):
+        nonlocal interrupted
+        interrupted = True
+        proc.send_signal(signal.SIGTERM)  # torchrun passes it on; rank 0 checkpoints and stops
+
+    old = signal.signal(signal.SIGINT, forward)
+    try:
+        rc = follow(run_, run_dir, proc, console)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if rc != 0 and not interrupted:
+        tail = (run_dir / "trainer.log").read_text(errors="replace")[-4000:]
+        console.print(f"[red]trainer exited with {rc}[/]\n{tail}", highlight=False)
+        return rc
+    if interrupted:
+        console.print(f"stopped; resume with: [bold]zeroth run --resume {run_dir}[/]")
+        return 130
+    console.print(f"[green]done[/]: {run_dir}/reward.png, {run_dir}/metrics.jsonl, {run_dir}/samples/")
+    return 0
+
+
+def follow(run_: api.ReasoningRun, run_dir: Path, proc: subprocess.Popen, console: Console) -> int:
+    """Progress from metrics.jsonl until the trainer exits: step, reward, accuracy, tokens/s, ETA."""
+    path = run_dir / "metrics.jsonl"
+    max_steps = run_.spec.algorithm.max_steps
+    columns = (TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    seen = 0
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("train", total=max_steps, info="starting (model build, Ray, DeepSpeed)...")
+        while True:
+            if path.exists():
+                lines = path.read_text().splitlines()
+                for line in lines[seen:]:
+                    r = json.loads(line)
+                    if "reward_mean" in r:
+                        bar.update(task, completed=r["step"], info=(
+                            f"reward {r['reward_mean']:.3f}  acc {r['accuracy']:.3f}  "
+                            f"{r['tokens_per_second']:.0f} tok/s  len {r['response_length_mean']:.1f}"))
+                    elif "eval_greedy" in r:
+                        console.print(f"  eval @ step {r['step']}: greedy {r['eval_greedy']:.3f}  "
+                                      f"pass@{r['eval_k']} {r['eval_pass@k']:.3f}  maj@{r['eval_k']} {r['eval_maj@k']:.3f}")
+                seen = len(lines)
+            rc = proc.poll()
+            if rc is not None:
+                return rc
+            time.sleep(0.5)
