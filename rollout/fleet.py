@@ -66,11 +66,13 @@ class Fleet:
 
         return ray.get([w.checksum.remote() for w in self.workers])
 
-    def _submit(self, step: int, cursor: int, tasks: list[dict[str, Any]], group_size: int, greedy: bool = False) -> Request:
+    def _submit(self, step: int, cursor: int, tasks: list[dict[str, Any]], group_size: int, greedy: bool = False,
+                temperature: float | None = None) -> Request:
         n = len(self.workers)
         shards = [list(range(i, len(tasks), n)) for i in range(n)]
         futures = [
-            w.generate.remote([tasks[j] for j in shard], group_size, sampling_seed(self.spec.algorithm.seed, step, i), greedy)
+            w.generate.remote([tasks[j] for j in shard], group_size, sampling_seed(self.spec.algorithm.seed, step, i), greedy,
+                              temperature)
             for i, (w, shard) in enumerate(zip(self.workers, shards))
             if shard
         ]
@@ -128,5 +130,6 @@ class Fleet:
     def evaluate(self, tasks: list[dict[str, Any]], samples_per_prompt: int, step: int) -> tuple[list[Sample], list[Sample]]:
         """Greedy samples (one per task) and `samples_per_prompt` sampled ones, for pass@k and maj@k."""
         greedy = self._collect(self._submit(-1 - step, 0, tasks, 1, greedy=True))
-        sampled = self._collect(self._submit(-1 - step, 0, tasks, samples_per_prompt)) if samples_per_prompt > 1 else greedy
+        sampled = self._collect(self._submit(-1 - step, 0, tasks, samples_per_prompt,
+                                             temperature=self.spec.eval.temperature))
         return greedy, sampled

@@ -8,11 +8,9 @@ Generation is Hugging Face `generate` (CPU or GPU); vLLM implements the same `Ge
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from zeroth import api
@@ -89,8 +87,10 @@ class RolloutWorker:
     # ---------------------------------------------------------------------------- generation
 
     @torch.no_grad()
-    def generate(self, tasks: list[dict[str, Any]], group_size: int, seed: int, greedy: bool = False) -> list[Sample]:
-        """G samples for each task ({"id", "prompt", "gold"}), verified. Deterministic given seed."""
+    def generate(self, tasks: list[dict[str, Any]], group_size: int, seed: int, greedy: bool = False,
+                 temperature: float | None = None) -> list[Sample]:
+        """G samples for each task ({"id", "prompt", "gold"}), verified. Deterministic given seed.
+        `temperature` overrides the training temperature (evaluation samples at spec.eval's)."""
         algo = self.spec.algorithm
         torch.manual_seed(seed)
         enc = self.tokenizer([t["prompt"] for t in tasks], return_tensors="pt", padding=True, truncation=True,
@@ -98,7 +98,7 @@ class RolloutWorker:
         out = self.model.generate(
             **enc,
             do_sample=not greedy,
-            temperature=algo.temperature if not greedy else None,
+            temperature=(temperature or algo.temperature) if not greedy else None,
             top_p=algo.top_p if not greedy else None,
             top_k=0 if not greedy else None,
             max_new_tokens=algo.max_response_tokens,
@@ -145,16 +145,3 @@ class RolloutWorker:
             verifier_timeouts=[r.name for r in results if r.timed_out],
         )
 
-
-def timed(fn, *args, **kwargs) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    return fn(*args, **kwargs), time.perf_counter() - t0
-
-
-def as_arrays(samples: list[Sample]) -> dict[str, np.ndarray]:
-    """Summary arrays of a batch, for metrics."""
-    return {
-        "reward": np.array([s.reward for s in samples], dtype=np.float64),
-        "correct": np.array([s.correct for s in samples], dtype=bool),
-        "length": np.array([len(s.completion_ids) for s in samples]),
-    }

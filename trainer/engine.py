@@ -90,6 +90,9 @@ class Policy:
         model = AutoModelForCausalLM.from_pretrained(model_path, revision=spec.model.revision,
                                                      dtype=getattr(torch, spec.model.dtype),
                                                      trust_remote_code=spec.model.trust_remote_code)
+        for module in model.modules():  # RL on log-prob ratios wants the same function in both passes
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
         self.ref = None
         if spec.algorithm.kl_coef > 0:  # no reference model unless the KL term is on
             self.ref = copy.deepcopy(model).eval().requires_grad_(False)
@@ -118,12 +121,14 @@ class Policy:
     def train_step(self, samples: list[Sample], advantages: torch.Tensor, global_tokens: int) -> dict[str, float]:
         """One optimizer step (times `updatesPerStep`) on this rank's samples; returns local sums for metrics."""
         algo = self.spec.algorithm
-        want_entropy = True
         totals: dict[str, float] = {}
         n_micro = 0
-        old_all = [self.logprobs(samples[i:i + self.micro]) for i in range(0, len(samples), self.micro)]
-        mismatch = []
-        for _ in range(algo.updates_per_step):
+        # With one pass over the samples the policy before the update is the one being trained:
+        # pi_old = pi_theta.detach(), and the extra log-prob pass is skipped (as TRL does).
+        recompute = algo.updates_per_step > 1
+        old_all = [self.logprobs(samples[i:i + self.micro]) for i in range(0, len(samples), self.micro)] if recompute else None
+        mismatch: list[torch.Tensor] = []
+        for update in range(algo.updates_per_step):
             self.engine.train()
             for k, start in enumerate(range(0, len(samples), self.micro)):
                 chunk = samples[start:start + self.micro]
@@ -131,10 +136,11 @@ class Policy:
                 mask = batch["completion_mask"]
                 if algo.overlong.filter:
                     mask = grpo.filter_overlong(mask, torch.tensor([s.truncated for s in chunk]))
-                old = old_all[k][:, :mask.shape[1]]
-                if len(mismatch) < len(old_all):
-                    mismatch.append(((old - batch["behaviour_logp"]).abs() * mask).sum().item() / max(mask.sum().item(), 1))
-                logp, entropy = token_logprobs(self.engine, batch, algo.temperature, with_entropy=want_entropy)
+                logp, entropy = token_logprobs(self.engine, batch, algo.temperature, with_entropy=True)
+                old = old_all[k][:, :mask.shape[1]] if recompute else logp.detach()
+                if update == 0:  # trainer vs rollout log-probs of the same tokens (train/inference mismatch)
+                    real = batch["completion_mask"]
+                    mismatch.append(((old - batch["behaviour_logp"]).abs() * real)[real.bool()])
                 ref = None
                 if self.ref is not None:
                     with torch.no_grad():
@@ -151,7 +157,9 @@ class Policy:
                 for key, value in m.items():
                     totals[key] = totals.get(key, 0.0) + float(value)
         out = {k: v / n_micro for k, v in totals.items()}
-        out["logprob_mismatch"] = sum(mismatch) / max(len(mismatch), 1)
+        diffs = torch.cat(mismatch) if mismatch else torch.zeros(1)
+        out["logprob_mismatch"] = float(diffs.mean()) if diffs.numel() else 0.0
+        out["logprob_mismatch_max"] = float(diffs.max()) if diffs.numel() else 0.0
         out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         out["learning_rate"] = float(self.scheduler.get_last_lr()[0])
         return out

@@ -9,6 +9,7 @@ prompts and draws the same samples as one that never stopped.
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import time
 from pathlib import Path
@@ -166,7 +167,23 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
             reporter.plot()
         if stopping:
             return 130
+    _export_model(policy, run_dir / "model")
     return 0
+
+
+def _export_model(policy: Policy, directory: Path) -> None:
+    """The trained policy as a Hugging Face model folder (`from_pretrained` loads it), written atomically."""
+    import shutil
+
+    weights = policy.state_dict()  # every rank takes part (ZeRO-3 gathers)
+    if dist.get_rank() == 0:
+        tmp = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        policy.engine.module.save_pretrained(tmp, state_dict=weights)
+        policy.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(directory, ignore_errors=True)
+        tmp.rename(directory)
+    dist.barrier()
 
 
 def _ray_address() -> str | None:
@@ -210,6 +227,8 @@ def _record(state, samples: list[Sample], gathered: list[dict[str, float]], algo
     return {
         "step": state.step,
         "weights_version": state.weights_version,
+        # which prompts the step trained on, so a resumed run can be compared with an unbroken one
+        "tasks_sha": hashlib.sha256(",".join(s.task_id for s in samples[::algo.group_size]).encode()).hexdigest()[:16],
         "reward_mean": float(rewards.mean()),
         "reward_by_verifier": by_verifier,
         "accuracy": float(np.mean([s.correct for s in samples])),

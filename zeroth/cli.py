@@ -1,4 +1,4 @@
-"""The `zeroth` command line: `zeroth validate MANIFEST...`, `zeroth run MANIFEST`."""
+"""The `zeroth` command line: `zeroth validate MANIFEST...`, `zeroth run MANIFEST`, `zeroth eval RUN_DIR`."""
 
 from __future__ import annotations
 
@@ -42,6 +42,25 @@ def _run(args: argparse.Namespace) -> int:
         return 2
 
 
+def _eval(args: argparse.Namespace) -> int:
+    import json
+    import subprocess
+
+    cmd = [sys.executable, "-m", "zeroth.trainer.evaluate", str(args.run_dir)]
+    cmd += [f"--k={args.k}"] if args.k else []
+    cmd += [f"--limit={args.limit}"] if args.limit else []
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        console.print(proc.stderr[-3000:], highlight=False)
+        return proc.returncode
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    k = result["k"]
+    console.print(f"{args.run_dir}: {result['prompts']} held-out prompts: greedy {result['greedy']:.3f}  "
+                  f"pass@{k} {result[f'pass@{k}']:.3f}  maj@{k} {result[f'maj@{k}']:.3f}", highlight=False)
+    print(proc.stdout.strip().splitlines()[-1])
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="zeroth", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -54,6 +73,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--runs", type=Path, default=Path("runs"), help="where new run directories go (default: ./runs)")
     r.add_argument("--metrics-port", type=int, default=9400, help="Prometheus /metrics on 127.0.0.1 (0: any free port)")
     r.set_defaults(func=_run)
+    e = sub.add_parser("eval", help="held-out greedy accuracy, pass@k and maj@k of a finished run")
+    e.add_argument("run_dir", metavar="RUN_DIR", type=Path)
+    e.add_argument("--k", type=int, default=None)
+    e.add_argument("--limit", type=int, default=None)
+    e.set_defaults(func=_eval)
     return p
 
 

@@ -70,6 +70,7 @@ def run(manifest: Path | None, resume: Path | None, runs_root: Path, metrics_por
     console.print(f"[bold]{run_.metadata.name}[/]: run directory [cyan]{run_dir}[/]  (trainer log: trainer.log)")
     proc = subprocess.Popen(trainer_command(run_, run_dir, metrics_port), stdout=log, stderr=subprocess.STDOUT,
                             env=trainer_env(), start_new_session=True)
+    (run_dir / "trainer.pid").write_text(str(proc.pid))  # its process group: torchrun and the ranks
     interrupted = False
 
     def forward(*_):

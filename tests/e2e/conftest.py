@@ -1,0 +1,79 @@
+"""Real RL runs on this CPU: `zeroth run` as a user runs it (torchrun, DeepSpeed gloo, local Ray)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+TINY = ROOT / "examples" / "countdown-tiny.yaml"
+
+
+def manifest(**spec_overrides) -> dict:
+    """The tiny example, with parts of its spec replaced (nested dicts merge one level deep)."""
+    m = yaml.safe_load(TINY.read_text())
+    for key, value in spec_overrides.items():
+        if isinstance(value, dict) and isinstance(m["spec"].get(key), dict):
+            m["spec"][key] = {**m["spec"][key], **value}
+        else:
+            m["spec"][key] = value
+    return m
+
+
+def start_run(tmp: Path, m: dict | None = None, resume: Path | None = None) -> subprocess.Popen:
+    args = [sys.executable, "-m", "zeroth", "run", "--runs", str(tmp / "runs"), "--metrics-port", "0"]
+    if resume:
+        args += ["--resume", str(resume)]
+    else:
+        path = tmp / f"{m['metadata']['name']}.yaml"
+        path.write_text(yaml.safe_dump(m))
+        args.append(str(path))
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 1500) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def run_dir_of(tmp: Path, name: str) -> Path:
+    found = sorted((tmp / "runs").glob(f"{name}-*"))
+    assert found, f"no run directory for {name} under {tmp / 'runs'}"
+    return found[-1]
+
+
+def records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def steps(run_dir: Path) -> list[dict]:
+    return [r for r in records(run_dir) if "reward_mean" in r]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def kill_trainer(run_dir: Path) -> None:
+    """SIGKILL the trainer's whole process group (torchrun and every rank), as a node loss would."""
+    os.killpg(int((run_dir / "trainer.pid").read_text()), signal.SIGKILL)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _engine_env():
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
