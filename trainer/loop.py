@@ -121,6 +121,8 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
         fleet.cursor = state.cursor
         reporter = Reporter(run_dir, name, namespace, spec, metrics_port)
     sync_seconds = _publish(policy, fleet, state.weights_version)
+    if rank == 0 and state.step == 0:
+        _evaluate(fleet, reporter, held_out, spec, 0)  # the base model, for the plot and the record
 
     while state.step < algo.max_steps:
         t0 = time.perf_counter()

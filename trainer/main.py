@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     from zeroth import validation
     from zeroth.trainer import loop
 
+    # torchrun starts each rank in a session of its own: record them, so they can be found and stopped
+    pids = args.run_dir / "pids"
+    pids.mkdir(exist_ok=True)
+    (pids / f"rank-{os.environ.get('RANK', '0')}.pid").write_text(str(os.getpid()))
     run = validation.validate(json.loads((args.run_dir / "run.json").read_text()), source=str(args.run_dir / "run.json"))
     cuda = torch.cuda.is_available() and run.spec.trainer.gpus_per_replica > 0
     if cuda:

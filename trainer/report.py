@@ -107,8 +107,10 @@ class Reporter:
             return
         x = np.array([r["step"] for r in steps])
         fig, ax = plt.subplots(figsize=(8, 4.5))
-        ax.plot(x, [r["reward_mean"] for r in steps], label="reward (mean)", alpha=0.8)
-        ax.plot(x, [r["accuracy"] for r in steps], label="accuracy (train samples)", alpha=0.8)
+        for key, label, color in (("reward_mean", "reward (mean)", "tab:blue"), ("accuracy", "accuracy (train samples)", "tab:orange")):
+            y = np.array([r[key] for r in steps])
+            ax.plot(x, y, color=color, alpha=0.25, linewidth=0.8)
+            ax.plot(x, _smooth(y), color=color, label=f"{label}, 10-step mean")
         if evals:
             ex = [r["step"] for r in evals]
             ax.plot(ex, [r["eval_greedy"] for r in evals], "o-", label="held-out accuracy (greedy)")
@@ -132,3 +134,10 @@ class Reporter:
         tmp = self.run_dir / f".{name}.tmp.png"
         fig.savefig(tmp, dpi=100, bbox_inches="tight")
         os.replace(tmp, self.run_dir / name)
+
+
+def _smooth(y: np.ndarray, window: int = 10) -> np.ndarray:
+    """Trailing mean over up to `window` points (the first points average what there is)."""
+    c = np.cumsum(np.insert(y, 0, 0.0))
+    n = np.minimum(np.arange(1, len(y) + 1), window)
+    return (c[1:] - c[np.arange(1, len(y) + 1) - n]) / n

@@ -68,6 +68,13 @@ def run(manifest: Path | None, resume: Path | None, runs_root: Path, metrics_por
         (run_dir / "run.json").write_text(json.dumps(run_.model_dump(by_alias=True, exclude_none=True, mode="json"), indent=2))
     log = open(run_dir / "trainer.log", "a")
     console.print(f"[bold]{run_.metadata.name}[/]: run directory [cyan]{run_dir}[/]  (trainer log: trainer.log)")
+    if run_.spec.model.name.startswith("builtin:"):
+        # built once and cached; in the foreground so its progress bar shows
+        console.print(f"model {run_.spec.model.name}: building or reusing the cached base model")
+        built = subprocess.run([sys.executable, "-m", "zeroth.trainer.build_model", str(run_dir / "run.json")],
+                               env=trainer_env(), stdout=subprocess.DEVNULL)
+        if built.returncode != 0:
+            return built.returncode
     proc = subprocess.Popen(trainer_command(run_, run_dir, metrics_port), stdout=log, stderr=subprocess.STDOUT,
                             env=trainer_env(), start_new_session=True)
     (run_dir / "trainer.pid").write_text(str(proc.pid))  # its process group: torchrun and the ranks

@@ -70,8 +70,14 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def kill_trainer(run_dir: Path) -> None:
-    """SIGKILL the trainer's whole process group (torchrun and every rank), as a node loss would."""
-    os.killpg(int((run_dir / "trainer.pid").read_text()), signal.SIGKILL)
+    """SIGKILL torchrun and every rank (each rank is a session leader of its own), as a node loss would."""
+    groups = [int((run_dir / "trainer.pid").read_text())]
+    groups += [int(p.read_text()) for p in (run_dir / "pids").glob("rank-*.pid")]
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture(scope="session", autouse=True)

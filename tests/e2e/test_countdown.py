@@ -23,7 +23,7 @@ from zeroth.trainer import data
 
 pytestmark = pytest.mark.e2e
 
-MARGIN = 0.08  # held-out accuracy above the best target-blind baseline (200 prompts: ~3.4 points one sigma)
+MARGIN = 0.06  # held-out accuracy above the best target-blind baseline (200 prompts: ~2.8 points one sigma at 15 %)
 SWAP_SLACK = 0.06  # target-swapped accuracy may exceed that baseline by at most this much
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
