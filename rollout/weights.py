@@ -25,18 +25,24 @@ def to_numpy(state_dict: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return out
 
 
+def from_numpy(weights: Mapping[str, np.ndarray], like: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors viewing the arrays (no copy), typed like `like` (bf16 from its 16-bit pattern)."""
+    missing = set(like) - set(weights)
+    if missing:
+        raise KeyError(f"weights lack {sorted(missing)[:5]}")
+    out = {}
+    for name, dst in like.items():
+        src = torch.from_numpy(np.asarray(weights[name]))
+        out[name] = src.view(torch.bfloat16) if dst.dtype == torch.bfloat16 else src
+    return out
+
+
 def load_numpy(model: torch.nn.Module, weights: Mapping[str, np.ndarray]) -> None:
     """Copies arrays into the model's parameters and buffers in place (no new allocations)."""
     own = model.state_dict()
-    missing = set(own) - set(weights)
-    if missing:
-        raise KeyError(f"weights lack {sorted(missing)[:5]}")
     with torch.no_grad():
-        for name, dst in own.items():
-            src = torch.from_numpy(np.asarray(weights[name]))
-            if dst.dtype == torch.bfloat16:
-                src = src.view(torch.bfloat16)
-            dst.copy_(src.reshape(dst.shape))
+        for name, src in from_numpy(weights, own).items():
+            own[name].copy_(src.reshape(own[name].shape))
 
 
 def checksum(state: Mapping[str, torch.Tensor] | Mapping[str, np.ndarray]) -> str:

@@ -166,7 +166,7 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
             if rank == 0:
                 reporter.checkpoint(state.step)
         if rank == 0:
-            reporter.plot()
+            reporter.plot(force=last or stopping)
         if stopping:
             return 130
     _export_model(policy, run_dir / "model")
@@ -228,6 +228,7 @@ def _record(state, samples: list[Sample], gathered: list[dict[str, float]], algo
         by_verifier[name] = float(np.mean([s.scores[name] for s in samples]))
     return {
         "step": state.step,
+        "time": time.time(),
         "weights_version": state.weights_version,
         # which prompts the step trained on, so a resumed run can be compared with an unbroken one
         "tasks_sha": hashlib.sha256(",".join(s.task_id for s in samples[::algo.group_size]).encode()).hexdigest()[:16],

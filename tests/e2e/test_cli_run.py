@@ -1,0 +1,52 @@
+"""`zeroth run` as a user sees it: /metrics while it trains, Ctrl-C then --resume, `zeroth eval`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from tests.e2e.conftest import finish, records, run_dir_of, start_run, steps, wait_for
+from tests.e2e.test_resume_async import short
+from zeroth import metrics
+
+pytestmark = pytest.mark.e2e
+
+
+def test_ctrl_c_checkpoints_then_resume_finishes_and_eval_scores(tmp_path):
+    proc = start_run(tmp_path, short("interrupted"))
+    wait_for(lambda: list(tmp_path.glob("runs/interrupted-*/metrics_port")), 300, "the metrics server")
+    run_dir = run_dir_of(tmp_path, "interrupted")
+    wait_for(lambda: any(r["step"] >= 3 for r in steps(run_dir)), 600, "step 3")
+
+    port = int((run_dir / "metrics_port").read_text())
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for name in ("step", "accuracy", "loss", "weights_version"):
+        assert f'{metrics.BY_NAME[name].full_name}{{namespace="default",run="interrupted"}}' in text, name
+    assert f'{metrics.BY_NAME["reward"].full_name}_count{{namespace="default",run="interrupted",verifier="countdown"}}' in text
+
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-3000:]
+    assert "--resume" in out
+    stopped_at = max(r["step"] for r in steps(run_dir))
+    saved = json.loads(sorted((run_dir / "checkpoints").glob("step-*/trainer_state.json"))[-1].read_text())
+    assert saved["step"] == stopped_at  # it finished the step and checkpointed it before stopping
+
+    finish(start_run(tmp_path, resume=run_dir))
+    assert [r["step"] for r in steps(run_dir)] == list(range(1, 9))  # nothing lost, nothing repeated
+
+    proc = subprocess.run([sys.executable, "-m", "zeroth", "eval", str(run_dir), "--k", "4", "--limit", "16"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["prompts"] == 16 and result["k"] == 4
+    assert 0 <= result["greedy"] <= 1 and 0 <= result["maj@4"] <= result["pass@4"] <= 1
+    # the final evaluation the run wrote used the same held-out prompts and the same model
+    final = [r for r in records(run_dir) if "eval_greedy" in r][-1]
+    assert final["step"] == 8 and final["eval_size"] == 16
+    assert result["greedy"] == pytest.approx(final["eval_greedy"])
