@@ -119,8 +119,8 @@ class Reporter:
             ax.plot(x, _smooth(y), color=color, label=f"{label}, 10-step mean")
         if evals:
             ex = [r["step"] for r in evals]
-            ax.plot(ex, [r["eval_greedy"] for r in evals], "o-", label="held-out accuracy (greedy)")
-            ax.plot(ex, [r["eval_pass@k"] for r in evals], "s--", label="held-out pass@k")
+            ax.plot(ex, [r["eval_greedy"] for r in evals], "o-", color="tab:green", label="held-out accuracy (greedy)")
+            ax.plot(ex, [r["eval_pass@k"] for r in evals], "s--", color="tab:red", label="held-out pass@k")
         ax.set_xlabel("step")
         ax.set_ylim(-0.02, max(1.02, max(r["reward_mean"] for r in steps) + 0.05))
         ax.set_title(f"{self.labels['run']}: reward and accuracy")
