@@ -31,6 +31,10 @@ class Stop:
 
     def __init__(self) -> None:
         self.requested = False
+        self.install()
+
+    def install(self) -> None:
+        """(Re)takes SIGTERM and SIGINT: `ray.init` installs its own SIGTERM handler (exit at once)."""
         signal.signal(signal.SIGTERM, self._set)
         signal.signal(signal.SIGINT, self._set)
 
@@ -107,6 +111,7 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
             # on a cluster RAY_ADDRESS names the run's Ray head; locally Ray starts here, one CPU a worker
             local = {} if _ray_address() else {"num_cpus": max(spec.rollout.replicas, 1)}
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
+        stop.install()
         tasks = data.load_tasks(spec.dataset, spec.dataset.split, algo.seed, limit=spec.dataset.max_prompts)
         held_out = data.load_tasks(spec.dataset, spec.dataset.eval_split, algo.seed, limit=spec.dataset.eval_size)
         order = data_order(len(tasks), algo.seed)

@@ -46,7 +46,8 @@ def test_ctrl_c_checkpoints_then_resume_finishes_and_eval_scores(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["prompts"] == 16 and result["k"] == 4
     assert 0 <= result["greedy"] <= 1 and 0 <= result["maj@4"] <= result["pass@4"] <= 1
-    # the final evaluation the run wrote used the same held-out prompts and the same model
+    # the final evaluation the run wrote used the same held-out prompts and the same model; batches
+    # are padded differently (one worker here, two in the run), so one greedy tie may break otherwise
     final = [r for r in records(run_dir) if "eval_greedy" in r][-1]
     assert final["step"] == 8 and final["eval_size"] == 16
-    assert result["greedy"] == pytest.approx(final["eval_greedy"])
+    assert result["greedy"] == pytest.approx(final["eval_greedy"], abs=1 / 16 + 1e-9)
