@@ -78,10 +78,7 @@ class HFEngine:
         return completions
 
     def load_weights(self, weights):
-        own = self.model.state_dict()
-        with torch.no_grad():
-            for name, dst in own.items():
-                dst.copy_(weights[name].to(dst.dtype).reshape(dst.shape))
+        self.model.load_state_dict(weights)  # copies into the existing tensors, on their device
 
     def state_dict(self):
         return self.model.state_dict()

@@ -37,14 +37,6 @@ def from_numpy(weights: Mapping[str, np.ndarray], like: Mapping[str, torch.Tenso
     return out
 
 
-def load_numpy(model: torch.nn.Module, weights: Mapping[str, np.ndarray]) -> None:
-    """Copies arrays into the model's parameters and buffers in place (no new allocations)."""
-    own = model.state_dict()
-    with torch.no_grad():
-        for name, src in from_numpy(weights, own).items():
-            own[name].copy_(src.reshape(own[name].shape))
-
-
 def checksum(state: Mapping[str, torch.Tensor] | Mapping[str, np.ndarray]) -> str:
     """sha256 over names, dtypes, shapes and bytes, in name order."""
     h = hashlib.sha256()

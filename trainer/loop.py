@@ -10,6 +10,7 @@ prompts and draws the same samples as one that never stopped.
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import time
 from pathlib import Path
@@ -109,7 +110,7 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
 
         if not ray.is_initialized():
             # on a cluster RAY_ADDRESS names the run's Ray head; locally Ray starts here, one CPU a worker
-            local = {} if _ray_address() else {"num_cpus": max(spec.rollout.replicas, 1)}
+            local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": max(spec.rollout.replicas, 1)}
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
         stop.install()
         tasks = data.load_tasks(spec.dataset, spec.dataset.split, algo.seed, limit=spec.dataset.max_prompts)
@@ -191,12 +192,6 @@ def _export_model(policy: Policy, directory: Path) -> None:
         shutil.rmtree(directory, ignore_errors=True)
         tmp.rename(directory)
     dist.barrier()
-
-
-def _ray_address() -> str | None:
-    import os
-
-    return os.environ.get("RAY_ADDRESS")
 
 
 def _task(t: data.Task) -> dict[str, Any]:
