@@ -1,0 +1,244 @@
+"""kopf handlers: read the run and its pods, call the pure builders and the pure plan, apply, write status.
+
+Run with `kopf run --standalone --all-namespaces -m zeroth.operator.handlers` (the Helm chart's
+command). Every watch event of a run, and of any pod it owns, reconciles that run; kopf's first
+listing after a (re)start delivers every object once, so a restarted operator converges without
+any memory of its own. Reconciling is idempotent: children have fixed names and are created only
+when missing (an AlreadyExists answer means done), pods are deleted by name, and the status write
+depends only on what the API server holds (see `plan`).
+
+The run's config is frozen in its ConfigMap when the run is first seen: pods are always built from
+that copy, and later spec edits act only through `spec.rollout.replicas` (the scale subresource)
+and `spec.suspend`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+from prometheus_client import start_http_server
+
+from zeroth import api, metrics, validation
+from zeroth.operator import builders
+from zeroth.operator import plan as planning
+
+log = logging.getLogger("zeroth.operator")
+
+_locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_phases: dict[tuple[str, str], str] = {}
+_namespaces: set[str] = set()  # every namespace a run was seen in, so a count can drop to 0
+_ensured: set[str] = set()  # uids whose non-pod children were created by this process
+_failures: dict[tuple[str, str], int] = {}
+RETRY_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
+_metrics = metrics.Metrics(names=("reconcile_seconds", "reconcile_errors", "runs"))
+_clients: dict[str, Any] = {}
+
+
+@kopf.on.startup()
+def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.posting.level = logging.WARNING  # Events are posted by us, for phase changes, not per handler call
+    settings.watching.server_timeout = 300
+    port = int(os.environ.get("ZEROTH_OPERATOR_METRICS_PORT", "8000"))
+    if port:
+        start_http_server(port, registry=_metrics.registry)
+    if os.environ.get("KUBECONFIG") or os.path.exists(os.path.expanduser("~/.kube/config")):
+        config.load_kube_config()
+    else:
+        config.load_incluster_config()
+    _clients["api"] = api_client = client.ApiClient()
+    _clients["core"] = client.CoreV1Api(api_client)
+    _clients["custom"] = client.CustomObjectsApi(api_client)
+    _clients["rbac"] = client.RbacAuthorizationV1Api(api_client)
+    _clients["networking"] = client.NetworkingV1Api(api_client)
+    resync = float(os.environ.get("ZEROTH_RESYNC_SECONDS", "60"))
+    threading.Thread(target=_resync_forever, args=(resync,), name="zeroth-resync", daemon=True).start()
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+def run_event(event: dict[str, Any], namespace: str, name: str, **_: Any) -> None:
+    if event.get("type") == "DELETED":
+        _phases.pop((namespace, name), None)  # the garbage collector deletes the children
+        _publish_phases()
+        return
+    reconcile(namespace, name)
+
+
+@kopf.on.event("v1", "pods", labels={builders.LABEL_RUN: kopf.PRESENT,
+                                      "app.kubernetes.io/managed-by": builders.MANAGED_BY})
+def pod_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
+    reconcile(namespace, labels[builders.LABEL_RUN])
+
+
+def reconcile(namespace: str, name: str) -> None:
+    """One pass over one run; serialised per run (run and pod events arrive on different workers).
+
+    A failed pass is retried with backoff (kopf does not retry event handlers), and every run is
+    reconciled again every ZEROTH_RESYNC_SECONDS in case an event was missed.
+    """
+    key = (namespace, name)
+    t0 = time.perf_counter()
+    try:
+        with _locks[key]:
+            _reconcile(namespace, name)
+        _failures.pop(key, None)
+    except Exception:
+        _metrics["reconcile_errors"].labels(handler="reconcile").inc()
+        _failures[key] = failures = _failures.get(key, 0) + 1
+        retry = threading.Timer(min(RETRY_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS), _quietly, key)
+        retry.daemon = True
+        retry.start()
+        raise
+    finally:
+        _metrics["reconcile_seconds"].labels(handler="reconcile").observe(time.perf_counter() - t0)
+
+
+def _quietly(namespace: str, name: str) -> None:
+    try:
+        reconcile(namespace, name)
+    except Exception:  # noqa: BLE001 - logged, and retried again by reconcile
+        log.exception("reconciling %s/%s failed", namespace, name)
+
+
+def _resync_forever(seconds: float) -> None:
+    while True:
+        time.sleep(seconds)
+        try:
+            runs = _clients["custom"].list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)["items"]
+        except Exception:  # noqa: BLE001 - the next round tries again
+            log.exception("listing runs for the resync failed")
+            continue
+        for run in runs:
+            _quietly(run["metadata"]["namespace"], run["metadata"]["name"])
+
+
+def _reconcile(namespace: str, name: str) -> None:
+    core, custom = _clients["core"], _clients["custom"]
+    try:
+        body = custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+    except ApiException as e:
+        if e.status == 404:
+            return  # deleted meanwhile
+        raise
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    uid = body["metadata"]["uid"]
+    live = validation.validate({k: v for k, v in body.items() if k != "status"}, source=f"{namespace}/{name}")
+    run = _frozen(live, uid)
+
+    status = body.get("status") or {}
+    if uid not in _ensured and status.get("phase") not in planning.TERMINAL:
+        _ensure_children(run, uid)
+        _ensured.add(uid)
+    listed = core.list_namespaced_pod(namespace, label_selector=f"{builders.LABEL_RUN}={name}").items
+    pods = [_clients["api"].sanitize_for_serialization(p) for p in listed]
+    now = datetime.now(timezone.utc)
+    p = planning.plan(name, run.spec, status, body["metadata"].get("generation"), pods, now)
+
+    # status first: a restart's new attempt number must be stored before its pods change
+    if any(status.get(k) != v for k, v in p.status.items()):
+        custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, api.PLURAL, name,
+                                                     {"status": p.status})
+    for pod in p.delete:
+        try:
+            core.delete_namespaced_pod(pod, namespace, grace_period_seconds=30)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+    for role, number in p.create:
+        if role == builders.ROLE_TRAINER:
+            obj = builders.trainer_pod(run, uid, number, p.attempt)
+        elif role == builders.ROLE_ROLLOUT:
+            obj = builders.rollout_pod(run, uid, number)
+        else:
+            obj = builders.ray_head_pod(run, uid)
+        _create(obj)
+    for ev in p.events:
+        kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
+    _phases[(namespace, name)] = p.status["phase"]
+    _publish_phases()
+
+
+def _frozen(live: api.ReasoningRun, uid: str) -> api.ReasoningRun:
+    """The run as frozen in its ConfigMap (written now if missing), with the live replicas and suspend."""
+    core = _clients["core"]
+    cm = builders.config_map(live, uid)
+    try:
+        stored = core.read_namespaced_config_map(cm["metadata"]["name"], live.metadata.namespace)
+        frozen = validation.validate(json.loads(stored.data[builders.CONFIG_KEY]), source=cm["metadata"]["name"])
+    except ApiException as e:
+        if e.status != 404:
+            raise
+        _create(cm)
+        frozen = live
+    rollout = frozen.spec.rollout.model_copy(update={"replicas": live.spec.rollout.replicas})
+    spec = frozen.spec.model_copy(update={"rollout": rollout, "suspend": live.spec.suspend})
+    return frozen.model_copy(update={"spec": spec, "metadata": live.metadata})
+
+
+def _ensure_children(run: api.ReasoningRun, uid: str) -> None:
+    """Every child that is not a pod, created when missing (never read back, never rewritten)."""
+    for obj in builders.support_objects(run, uid, token=secrets.token_hex(32), pod_monitor=_has_pod_monitor()):
+        if obj["kind"] != "ConfigMap":  # written by _frozen
+            _create(obj)
+
+
+_CREATE = {
+    "ConfigMap": ("core", "create_namespaced_config_map"),
+    "Secret": ("core", "create_namespaced_secret"),
+    "ServiceAccount": ("core", "create_namespaced_service_account"),
+    "Service": ("core", "create_namespaced_service"),
+    "Pod": ("core", "create_namespaced_pod"),
+    "Role": ("rbac", "create_namespaced_role"),
+    "RoleBinding": ("rbac", "create_namespaced_role_binding"),
+    "NetworkPolicy": ("networking", "create_namespaced_network_policy"),
+}
+
+
+def _create(obj: dict[str, Any]) -> None:
+    namespace = obj["metadata"]["namespace"]
+    try:
+        if obj["kind"] == "PodMonitor":
+            group, version = obj["apiVersion"].split("/")
+            _clients["custom"].create_namespaced_custom_object(group, version, namespace, "podmonitors", obj)
+        else:
+            api_name, method = _CREATE[obj["kind"]]
+            getattr(_clients[api_name], method)(namespace, obj)
+    except ApiException as e:
+        if e.status != 409:  # AlreadyExists: created before (by us, before a restart)
+            raise
+
+
+_pod_monitor_seen: list[float] = []  # [checked at, served (1.0) or not (0.0)]
+
+
+def _has_pod_monitor() -> bool:
+    """Whether the cluster serves monitoring.coreos.com/v1 (Prometheus Operator); asked once a minute."""
+    now = time.monotonic()
+    if not _pod_monitor_seen or now - _pod_monitor_seen[0] > 60:
+        groups = client.ApisApi(_clients["api"]).get_api_versions().groups
+        served = any(g.name == "monitoring.coreos.com" and any(v.version == "v1" for v in g.versions) for g in groups)
+        _pod_monitor_seen[:] = [now, 1.0 if served else 0.0]
+    return _pod_monitor_seen[1] == 1.0
+
+
+def _publish_phases() -> None:
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for (ns, _), phase in list(_phases.items()):
+        counts[(ns, phase)] += 1
+    gauge = _metrics["runs"]
+    _namespaces.update(ns for ns, _ in _phases)
+    for ns in _namespaces:
+        for phase in api.PHASES:
+            gauge.labels(namespace=ns, phase=phase).set(counts.get((ns, phase), 0))

@@ -1,0 +1,189 @@
+"""What the operator should do next for one run, decided from the run and its pods alone.
+
+`plan` is pure: given the run's spec and status as stored, the run's pods as listed, and the time,
+it returns the pods to create and delete, the status to write and the Event to post. The handlers
+only carry it out, so every decision here is unit-tested without a cluster, and an operator killed
+anywhere converges: the plan depends on nothing but what the API server holds.
+
+Gang restarts are ordered for that: the failed attempt's successor number is written to
+`status.restarts` first; pods of any other attempt are deleted; the new attempt's pods are created
+once their names are free. Whatever step a kill interrupts, the next plan finishes the job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from zeroth import api
+from zeroth.operator.builders import (LABEL_ATTEMPT, LABEL_INDEX, LABEL_RANK, LABEL_ROLE, ROLE_RAY_HEAD, ROLE_ROLLOUT,
+                                      ROLE_TRAINER, ray_head_name, rollout_pod_name, rollout_selector, trainer_pod_name)
+
+TERMINAL = ("Succeeded", "Failed")
+ACTIVE = ("Pending", "Initializing", "Running")
+
+
+@dataclass(frozen=True)
+class PodState:
+    """The facts about one pod that decisions depend on."""
+
+    name: str
+    role: str
+    number: int  # rank of a trainer pod, index of a rollout pod, 0 for the head
+    attempt: int
+    phase: str  # the pod's phase: Pending, Running, Succeeded, Failed, Unknown
+    scheduled: bool
+    ready: bool
+    terminating: bool
+    reason: str  # why it ended, when it did
+
+    @classmethod
+    def of(cls, pod: dict[str, Any]) -> PodState:
+        meta, spec, status = pod["metadata"], pod.get("spec") or {}, pod.get("status") or {}
+        labels = meta.get("labels") or {}
+        role = labels.get(LABEL_ROLE, "")
+        number = labels.get(LABEL_RANK if role == ROLE_TRAINER else LABEL_INDEX, "0")
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        return cls(name=meta["name"], role=role, number=int(number), attempt=int(labels.get(LABEL_ATTEMPT, "0")),
+                   phase=status.get("phase", "Pending"), scheduled=bool(spec.get("nodeName")), ready=ready,
+                   terminating=bool(meta.get("deletionTimestamp")), reason=_ended_reason(status))
+
+
+def _ended_reason(status: dict[str, Any]) -> str:
+    """`exit code 1 (Error)` from the first terminated container, else the pod's reason or message."""
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            return f"exit code {term.get('exitCode')} ({term.get('reason') or 'terminated'})"
+    return status.get("reason") or status.get("message") or ""
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    """What to do: create pods (role, number), delete pods by name, patch status, post events."""
+
+    create: list[tuple[str, int]] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    attempt: int = 0  # the trainer attempt new trainer pods belong to
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+
+def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, generation: int | None,
+         pods: list[dict[str, Any]], now: datetime) -> Plan:
+    status = dict(status or {})
+    old_phase = status.get("phase") or "Pending"
+    restarts = int(status.get("restarts") or 0)
+    states = [PodState.of(p) for p in pods]
+    live = [s for s in states if not s.terminating]
+    trainers = [s for s in states if s.role == ROLE_TRAINER]
+    n_trainers, n_rollouts = spec.trainer.replicas, spec.rollout.replicas
+    p = Plan(attempt=restarts)
+    phase, message = old_phase, status.get("message") or ""
+    taken = {s.name for s in states}
+
+    def delete(where) -> None:
+        p.delete.extend(s.name for s in live if where(s) and s.name not in p.delete)
+
+    if old_phase in TERMINAL:
+        # finished: nothing runs any more (failed and completed trainer pods stay, for their logs)
+        delete(lambda s: s.phase not in TERMINAL or s.role != ROLE_TRAINER)
+    elif spec.suspend:
+        delete(lambda s: True)
+        phase, message = "Suspended", "suspended: pods deleted, config and checkpoints kept"
+    else:
+        failed = [s for s in live if s.role == ROLE_TRAINER and s.attempt == restarts and s.phase == "Failed"]
+        if failed and restarts >= spec.backoff_limit:
+            first = failed[0]
+            phase = "Failed"
+            message = (f"trainer pod {first.name} failed ({first.reason or 'no reason given'}) with the backoff limit "
+                       f"of {spec.backoff_limit} gang restarts reached")
+            delete(lambda s: s.phase not in TERMINAL)
+        else:
+            if failed:
+                first = failed[0]
+                restarts += 1
+                p.attempt = restarts
+                p.events.append(Event("Warning", "GangRestart",
+                                      f"trainer pod {first.name} failed ({first.reason or 'no reason given'}): restarting "
+                                      f"the trainer gang from the last checkpoint (restart {restarts} of "
+                                      f"{spec.backoff_limit})"))
+            delete(lambda s: s.role == ROLE_TRAINER and s.attempt != restarts)
+            current = [s for s in trainers if s.attempt == restarts and not s.terminating]
+            if len(current) == n_trainers and all(s.phase == "Succeeded" for s in current):
+                phase, message = "Succeeded", f"finished: {n_trainers} trainer pods completed"
+                delete(lambda s: s.role != ROLE_TRAINER)
+            else:
+                p.create += [(ROLE_TRAINER, r) for r in range(n_trainers) if trainer_pod_name(name, r) not in taken]
+                # the head and rollout pods restart themselves (restartPolicy Always); replace any that ended
+                delete(lambda s: s.role in (ROLE_RAY_HEAD, ROLE_ROLLOUT) and s.phase in TERMINAL)
+                delete(lambda s: s.role == ROLE_ROLLOUT and s.number >= n_rollouts)
+                # a deleted pod's name is free once it is gone: the next plan creates its successor
+                if ray_head_name(name) not in taken:
+                    p.create.append((ROLE_RAY_HEAD, 0))
+                p.create += [(ROLE_ROLLOUT, i) for i in range(n_rollouts) if rollout_pod_name(name, i) not in taken]
+                phase, message = _active_phase(current, n_trainers, live, restarts)
+
+    finished = phase in TERMINAL
+    trainer_ready = sum(1 for s in live if s.role == ROLE_TRAINER and s.attempt == restarts and s.phase == "Running" and s.ready)
+    rollout_ready = sum(1 for s in live if s.role == ROLE_ROLLOUT and s.phase == "Running" and s.ready)
+    p.status = {
+        "phase": phase,
+        "message": message,
+        "observedGeneration": generation,
+        "restarts": restarts,
+        "trainer": {"desired": n_trainers, "ready": trainer_ready},
+        "rollout": {"desired": n_rollouts, "ready": rollout_ready, "selector": rollout_selector(name)},
+        "conditions": conditions(status.get("conditions") or [], phase, message, generation, now),
+        "startTime": status.get("startTime") or _stamp(now),
+        "completionTime": status.get("completionTime") or (_stamp(now) if finished else None),
+    }
+    if phase != old_phase:
+        kind = "Warning" if phase == "Failed" else "Normal"
+        p.events.append(Event(kind, phase, message or phase))
+    return p
+
+
+def _active_phase(current: list[PodState], n_trainers: int, live: list[PodState], restarts: int) -> tuple[str, str]:
+    running = [s for s in current if s.phase in ("Running", "Succeeded")]  # a rank may finish before the others
+    if len(running) == n_trainers:
+        return "Running", f"training: {n_trainers} trainer pods running"
+    if any(s.scheduled for s in live if s.role != ROLE_TRAINER or s.attempt == restarts):
+        waiting = n_trainers - len(running)
+        return "Initializing", f"{len(running)}/{n_trainers} trainer pods running, {waiting} starting"
+    return "Pending", "waiting for the pods to be scheduled"
+
+
+CONDITIONS = {
+    "Ready": lambda phase: phase == "Running",
+    "Progressing": lambda phase: phase in ACTIVE,
+    "Suspended": lambda phase: phase == "Suspended",
+    "Succeeded": lambda phase: phase == "Succeeded",
+    "Failed": lambda phase: phase == "Failed",
+}
+
+
+def conditions(old: list[dict[str, Any]], phase: str, message: str, generation: int | None,
+               now: datetime) -> list[dict[str, Any]]:
+    """The standard conditions for `phase`; a condition keeps its lastTransitionTime until its status flips."""
+    before = {c.get("type"): c for c in old}
+    out = []
+    for kind, holds in CONDITIONS.items():
+        value = "True" if holds(phase) else "False"
+        prev = before.get(kind) or {}
+        since = prev.get("lastTransitionTime") if prev.get("status") == value else None
+        out.append({"type": kind, "status": value, "reason": phase, "message": message,
+                    "lastTransitionTime": since or _stamp(now), "observedGeneration": generation})
+    return out
+
+
+def _stamp(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")

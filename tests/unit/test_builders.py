@@ -1,0 +1,525 @@
+"""The operator's builders make what docs/operator.md promises: objects the API server accepts, pods
+that pass Pod Security "restricted", the contract's names, labels, environment and commands.
+
+Expected values are written out here, not computed with the builders' own helpers.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from tests.conftest import EXAMPLES, minimal_manifest
+from zeroth import api, validation
+from zeroth.operator import builders
+
+UID = "0b7c6a52-2f3e-4d8e-9a51-7d1e2c3b4a59"
+TOKEN = "s3cret-token"
+K8S = "1.36.0"
+RUN_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by", "zeroth.dev/run")
+
+
+def _merge(base: dict, patch: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in patch.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _manifest(name: str = "minimal", namespace: str | None = None, **spec: Any) -> dict:
+    m = _merge(minimal_manifest(name), {"spec": spec})
+    if namespace:
+        m["metadata"]["namespace"] = namespace
+    return m
+
+
+CPU = {"replicas": 2, "gpusPerReplica": 0}
+CPU_ROLLOUT = {"replicas": 3, "gpusPerReplica": 0, "engine": "hf"}
+AFFINITY = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+    {"matchExpressions": [{"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["zone-a"]}]}]}}}
+DEDICATED = {"key": "dedicated", "operator": "Equal", "value": "rl", "effect": "NoExecute", "tolerationSeconds": 60}
+
+VARIANTS = {
+    "cpu": _manifest("cpu-run", trainer=CPU, rollout=CPU_ROLLOUT),
+    "gpu": _manifest("gpu-run", "team-a", trainer={"replicas": 2, "gpusPerReplica": 1},
+                     rollout={"replicas": 2, "gpusPerReplica": 2, "tensorParallelSize": 2}),
+    "multi-gpu": _manifest("big", "team-b", trainer={"replicas": 3, "gpusPerReplica": 4},
+                           rollout={"replicas": 1, "gpusPerReplica": 1}),
+    "queued": _manifest("queued", trainer={"replicas": 2, "gpusPerReplica": 1}, rollout={"replicas": 3},
+                        queueName="gpu-queue", priorityClassName="training-high"),
+    "claims": _manifest("claims", checkpoint={"volumeClaimName": "ckpt-pvc"},
+                        export={"volumeClaimName": "export-pvc", "path": "/data/exports"}),
+    "shared-path": _manifest("shared", checkpoint={"path": "/data"},
+                             export={"path": "/data", "volumeClaimName": "data-pvc"}),
+    "same-claim": _manifest("same-claim", checkpoint={"volumeClaimName": "data-pvc"},
+                            export={"volumeClaimName": "data-pvc"}),
+    "placement": _manifest(
+        "placed",
+        trainer={"gpusPerReplica": 2, "nodeSelector": {"pool": "a100"}, "tolerations": [DEDICATED],
+                 "affinity": AFFINITY, "resources": {"requests": {"cpu": 4, "memory": "32Gi"}, "limits": {"memory": "48Gi"}},
+                 "image": "registry.example/zeroth:dev", "imagePullPolicy": "Always"},
+        rollout={"gpusPerReplica": 1, "nodeSelector": {"pool": "l4"}, "tolerations": [DEDICATED],
+                 "runtimeClassName": "gvisor", "resources": {"requests": {"cpu": "2500m"}},
+                 "image": "registry.example/zeroth:vllm"},
+    ),
+}
+CASES = {**{p.stem: validation.load(p) for p in EXAMPLES}, **{k: validation.validate(v) for k, v in VARIANTS.items()}}
+
+
+def _children(run: api.ReasoningRun, attempt: int = 0) -> list[dict]:
+    return builders.children(run, UID, token=TOKEN, attempt=attempt, pod_monitor=True)
+
+
+def _pods(run: api.ReasoningRun) -> list[dict]:
+    return [o for o in _children(run) if o["kind"] == "Pod"]
+
+
+def _by_name(objects: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(o["kind"], o["metadata"]["name"]): o for o in objects}
+
+
+def _env(container: dict) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+cases = pytest.mark.parametrize("case", list(CASES))
+
+
+# ------------------------------------------------------------------------------ every object
+
+
+@cases
+def test_every_object_validates_against_the_kubernetes_schemas(case):
+    for obj in _children(CASES[case]):
+        if obj["kind"] != "PodMonitor":
+            kubernetes_validate.validate(obj, K8S, strict=True)
+        json.dumps(obj)  # plain data, nothing a client would have to convert
+
+
+@cases
+def test_pod_monitor_shape(case):
+    run = CASES[case]
+    name = run.metadata.name
+    (monitor,) = [o for o in _children(run) if o["kind"] == "PodMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
+    assert monitor["spec"] == {"selector": {"matchLabels": {"zeroth.dev/run": name}},
+                               "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics"}]}
+    ports = {p["name"] for pod in _pods(run) for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+    assert "metrics" in ports
+
+
+@cases
+def test_every_object_has_the_run_labels_and_one_controller_owner(case):
+    run = CASES[case]
+    name, ns = run.metadata.name, run.metadata.namespace
+    for obj in _children(run):
+        meta = obj["metadata"]
+        assert meta["namespace"] == ns
+        assert {k: meta["labels"][k] for k in RUN_LABELS} == {
+            "app.kubernetes.io/name": "zeroth", "app.kubernetes.io/instance": name,
+            "app.kubernetes.io/managed-by": "zeroth-operator", "zeroth.dev/run": name}, obj["kind"]
+        assert meta["ownerReferences"] == [{"apiVersion": "zeroth.dev/v1alpha1", "kind": "ReasoningRun", "name": name,
+                                            "uid": UID, "controller": True, "blockOwnerDeletion": True}]
+
+
+def test_children_of_the_tiny_example():
+    objects = _children(CASES["countdown-tiny"], attempt=3)
+    assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
+        ("ConfigMap", "countdown-tiny-config"), ("Secret", "countdown-tiny-ray-token"),
+        ("ServiceAccount", "countdown-tiny"), ("Role", "countdown-tiny"), ("RoleBinding", "countdown-tiny"),
+        ("Service", "countdown-tiny-trainer"), ("Service", "countdown-tiny-ray-head"),
+        ("NetworkPolicy", "countdown-tiny"), ("PodMonitor", "countdown-tiny"),
+        ("Pod", "countdown-tiny-ray-head"), ("Pod", "countdown-tiny-rollout-0"), ("Pod", "countdown-tiny-rollout-1"),
+        ("Pod", "countdown-tiny-trainer-0"), ("Pod", "countdown-tiny-trainer-1"),
+    ]
+    without = builders.children(CASES["countdown-tiny"], UID, token=TOKEN, attempt=3, pod_monitor=False)
+    assert "PodMonitor" not in [o["kind"] for o in without] and len(without) == len(objects) - 1
+
+
+def test_pod_labels_per_role():
+    pods = _by_name(_children(CASES["countdown-tiny"], attempt=3))
+    extra = {name: {k: v for k, v in pod["metadata"]["labels"].items() if k not in RUN_LABELS}
+             for (kind, name), pod in pods.items() if kind == "Pod"}
+    assert extra == {
+        "countdown-tiny-ray-head": {"zeroth.dev/role": "ray-head"},
+        "countdown-tiny-rollout-0": {"zeroth.dev/role": "rollout", "zeroth.dev/index": "0"},
+        "countdown-tiny-rollout-1": {"zeroth.dev/role": "rollout", "zeroth.dev/index": "1"},
+        "countdown-tiny-trainer-0": {"zeroth.dev/role": "trainer", "zeroth.dev/rank": "0", "zeroth.dev/attempt": "3"},
+        "countdown-tiny-trainer-1": {"zeroth.dev/role": "trainer", "zeroth.dev/rank": "1", "zeroth.dev/attempt": "3"},
+    }
+    assert builders.rollout_selector("countdown-tiny") == "zeroth.dev/run=countdown-tiny,zeroth.dev/role=rollout"
+
+
+# ---------------------------------------------------------------------------- Pod Security
+
+
+ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+
+
+def _restricted_violations(pod: dict) -> list[str]:
+    """pod-security-admission's baseline and restricted checks that a pod spec can fail."""
+    spec = pod["spec"]
+    psc = spec.get("securityContext", {})
+    out = []
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            out.append(flag)
+    for volume in spec.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= ALLOWED_VOLUMES:
+            out.append(f"volume {volume['name']}: {kinds}")
+    if psc.get("sysctls"):
+        out.append("sysctls")
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        sc = c.get("securityContext", {})
+        where = f"container {c['name']}"
+        if sc.get("privileged"):
+            out.append(f"{where}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{where}: allowPrivilegeEscalation")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            out.append(f"{where}: capabilities.drop")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            out.append(f"{where}: capabilities.add")
+        if sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
+            out.append(f"{where}: runAsNonRoot")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            out.append(f"{where}: runAsUser 0")
+        seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{where}: seccompProfile")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            out.append(f"{where}: hostPort")
+        if sc.get("procMount", "Default") != "Default":
+            out.append(f"{where}: procMount")
+    return out
+
+
+def test_the_restricted_check_can_fail():
+    pod = copy.deepcopy(_pods(CASES["countdown-tiny"])[0])
+    pod["spec"]["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    pod["spec"]["containers"][0]["securityContext"] = {"privileged": True, "runAsUser": 0}
+    pod["spec"]["containers"][0]["ports"] = [{"containerPort": 6379, "hostPort": 6379}]
+    pod["spec"]["hostNetwork"] = True
+    del pod["spec"]["securityContext"]["seccompProfile"]
+    del pod["spec"]["securityContext"]["runAsNonRoot"]
+    where = "container ray-head"
+    assert _restricted_violations(pod) == [
+        "hostNetwork", "volume host: {'hostPath'}", f"{where}: privileged", f"{where}: allowPrivilegeEscalation",
+        f"{where}: capabilities.drop", f"{where}: runAsNonRoot", f"{where}: runAsUser 0", f"{where}: seccompProfile",
+        f"{where}: hostPort",
+    ]
+
+
+@cases
+def test_every_pod_is_restricted(case):
+    for pod in _pods(CASES[case]):
+        spec = pod["spec"]
+        assert _restricted_violations(pod) == [], pod["metadata"]["name"]
+        assert spec["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+                                           "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for c in spec["containers"]:
+            assert c["securityContext"]["readOnlyRootFilesystem"] is True
+            mounts = {m["mountPath"]: volumes[m["name"]] for m in c["volumeMounts"]}
+            assert mounts["/tmp"]["emptyDir"] == {}
+            assert mounts["/dev/shm"]["emptyDir"] == {"medium": "Memory"}
+            assert _env(c)["HOME"] == "/tmp"
+            assert _env(c)["RAY_AUTH_MODE"] == "token"
+            assert _env(c)["RAY_AUTH_TOKEN"] == {"secretKeyRef": {"name": f"{CASES[case].metadata.name}-ray-token", "key": "token"}}
+
+
+@cases
+def test_only_trainer_rank_zero_mounts_an_api_token(case):
+    run = CASES[case]
+    tokens = {p["metadata"]["name"]: p["spec"]["automountServiceAccountToken"] for p in _pods(run)}
+    assert tokens.pop(f"{run.metadata.name}-trainer-0") is True
+    assert set(tokens.values()) == {False}
+    assert all(p["spec"]["serviceAccountName"] == run.metadata.name for p in _pods(run))
+    (sa,) = [o for o in _children(run) if o["kind"] == "ServiceAccount"]
+    assert sa["automountServiceAccountToken"] is False
+
+
+# ---------------------------------------------------------------------------- the trainer gang
+
+
+def _trainer_env(run: api.ReasoningRun, rank: int) -> dict:
+    env = _env(builders.trainer_pod(run, UID, rank, attempt=0)["spec"]["containers"][0])
+    return {k: v for k, v in env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "HOME")}
+
+
+def test_trainer_env_one_process_per_pod():
+    run = CASES["countdown-tiny"]
+    common = {"MASTER_ADDR": "countdown-tiny-trainer-0.countdown-tiny-trainer.default.svc", "MASTER_PORT": "29500",
+              "WORLD_SIZE": "2", "LOCAL_RANK": "0", "NNODES": "2", "NPROC_PER_NODE": "1",
+              "RAY_ADDRESS": "countdown-tiny-ray-head.default.svc:6379",
+              "ZEROTH_RUN": "countdown-tiny", "ZEROTH_NAMESPACE": "default"}
+    assert _trainer_env(run, 0) == {**common, "RANK": "0", "NODE_RANK": "0"}
+    assert _trainer_env(run, 1) == {**common, "RANK": "1", "NODE_RANK": "1"}
+
+
+def test_trainer_env_several_gpus_per_pod():
+    run = CASES["multi-gpu"]
+    env = _trainer_env(run, 2)
+    assert env == {"MASTER_ADDR": "big-trainer-0.big-trainer.team-b.svc", "MASTER_PORT": "29500", "WORLD_SIZE": "12",
+                   "RANK": "8", "LOCAL_RANK": "0", "NODE_RANK": "2", "NNODES": "3", "NPROC_PER_NODE": "4",
+                   "RAY_ADDRESS": "big-ray-head.team-b.svc:6379", "ZEROTH_RUN": "big", "ZEROTH_NAMESPACE": "team-b"}
+
+
+def test_trainer_commands():
+    tail = ["-m", "zeroth.trainer.main", "--config", "/etc/zeroth/run.json", "--run-dir", "/checkpoints/big",
+            "--export-dir", "/exports/big", "--metrics-addr", "0.0.0.0", "--metrics-port", "9400"]
+    big = builders.trainer_pod(CASES["multi-gpu"], UID, 1, attempt=0)["spec"]["containers"][0]["command"]
+    assert big == ["torchrun", "--nnodes", "3", "--nproc-per-node", "4", "--node-rank", "1",
+                   "--master-addr", "big-trainer-0.big-trainer.team-b.svc", "--master-port", "29500", *tail]
+    tiny = builders.trainer_pod(CASES["countdown-tiny"], UID, 1, attempt=0)["spec"]["containers"][0]["command"]
+    assert tiny == ["python", "-m", "zeroth.trainer.main", "--config", "/etc/zeroth/run.json",
+                    "--run-dir", "/checkpoints/countdown-tiny", "--export-dir", "/exports/countdown-tiny",
+                    "--metrics-addr", "0.0.0.0", "--metrics-port", "9400"]
+    shared = builders.trainer_pod(CASES["shared-path"], UID, 0, attempt=0)["spec"]["containers"][0]["command"]
+    assert shared[shared.index("--run-dir") + 1] == "/data/shared" == shared[shared.index("--export-dir") + 1]
+
+
+def test_trainer_pod_identity():
+    pod = builders.trainer_pod(CASES["gpu"], UID, 1, attempt=2)
+    spec, (c,) = pod["spec"], pod["spec"]["containers"]
+    assert (pod["metadata"]["name"], spec["hostname"], spec["subdomain"]) == ("gpu-run-trainer-1", "gpu-run-trainer-1", "gpu-run-trainer")
+    assert spec["restartPolicy"] == "Never"
+    assert c["ports"] == [{"name": "rendezvous", "containerPort": 29500, "protocol": "TCP"},
+                          {"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
+    assert (c["image"], c["imagePullPolicy"]) == ("ghcr.io/zeroth-dev/zeroth:0.1.0", "IfNotPresent")
+    with pytest.raises(ValueError):
+        builders.trainer_pod(CASES["gpu"], UID, 2, attempt=0)
+
+
+def _mounts(pod: dict) -> dict[str, dict]:
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    out = {}
+    for m in pod["spec"]["containers"][0]["volumeMounts"]:
+        source = {k: v for k, v in volumes[m["name"]].items() if k != "name"}
+        out[m["mountPath"]] = {**source, **({"readOnly": True} if m.get("readOnly") else {})}
+    return out
+
+
+@pytest.mark.parametrize("case, data", [
+    ("countdown-tiny", {"/checkpoints": {"emptyDir": {}}, "/exports": {"emptyDir": {}}}),
+    ("claims", {"/checkpoints": {"persistentVolumeClaim": {"claimName": "ckpt-pvc"}},
+                "/data/exports": {"persistentVolumeClaim": {"claimName": "export-pvc"}}}),
+    ("shared-path", {"/data": {"persistentVolumeClaim": {"claimName": "data-pvc"}}}),
+    ("same-claim", {"/checkpoints": {"persistentVolumeClaim": {"claimName": "data-pvc"}},
+                    "/exports": {"persistentVolumeClaim": {"claimName": "data-pvc"}}}),
+])
+def test_trainer_volumes(case, data):
+    run = CASES[case]
+    pod = builders.trainer_pod(run, UID, 0, attempt=0)
+    assert _mounts(pod) == {"/tmp": {"emptyDir": {}}, "/dev/shm": {"emptyDir": {"medium": "Memory"}},
+                            "/etc/zeroth": {"configMap": {"name": f"{run.metadata.name}-config"}, "readOnly": True}, **data}
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    assert len(claims) == len(set(claims)), "a claim is one volume, however many mounts"
+
+
+# ------------------------------------------------------------------------------------ Ray pods
+
+
+def test_ray_head_pod():
+    run = CASES["placement"]
+    pod = builders.ray_head_pod(run, UID)
+    spec, (c,) = pod["spec"], pod["spec"]["containers"]
+    assert c["command"] == ["ray", "start", "--head", "--port=6379", "--num-cpus=0", "--num-gpus=0",
+                            "--include-dashboard=false", "--disable-usage-stats", "--block"]
+    assert c["image"] == "registry.example/zeroth:vllm"
+    assert c["resources"] == {"requests": {"cpu": "500m", "memory": "1Gi"}}
+    assert c["ports"] == [{"name": "gcs", "containerPort": 6379, "protocol": "TCP"}]
+    assert spec["tolerations"] == [DEDICATED]
+    assert spec["restartPolicy"] == "Always"
+    assert "nodeSelector" not in spec and "runtimeClassName" not in spec
+
+
+@pytest.mark.parametrize("case, address, cpus, gpus", [
+    ("countdown-tiny", "countdown-tiny-ray-head.default.svc:6379", "1", "0"),
+    ("gpu", "gpu-run-ray-head.team-a.svc:6379", "1", "2"),
+    ("placement", "placed-ray-head.default.svc:6379", "3", "1"),
+])
+def test_rollout_command(case, address, cpus, gpus):
+    (c,) = builders.rollout_pod(CASES[case], UID, 0)["spec"]["containers"]
+    assert c["command"] == ["ray", "start", f"--address={address}", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
+                            '--resources={"zeroth-rollout": 1}', "--disable-usage-stats", "--block"]
+
+
+@pytest.mark.parametrize("quantity, cpus", [
+    (2, 2), ("2", 2), ("500m", 1), ("2500m", 3), ("1.5", 2), ("0.1", 1), ("4000m", 4), ("1k", 1000), ("100000u", 1),
+])
+def test_cpu_count(quantity, cpus):
+    assert builders.cpu_count(quantity) == cpus
+
+
+@pytest.mark.parametrize("quantity", ["", "two", "2x", "1.2.3", "m"])
+def test_cpu_count_rejects_non_quantities(quantity):
+    with pytest.raises(ValueError):
+        builders.cpu_count(quantity)
+
+
+def test_rollout_pod():
+    pod = builders.rollout_pod(CASES["placement"], UID, 1)
+    spec, (c,) = pod["spec"], pod["spec"]["containers"]
+    assert pod["metadata"]["name"] == "placed-rollout-1"
+    assert spec["runtimeClassName"] == "gvisor" and spec["restartPolicy"] == "Always"
+    assert c["resources"] == {"requests": {"cpu": "2500m", "nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}
+    assert spec["nodeSelector"] == {"pool": "l4", "nvidia.com/gpu.present": "true"}
+
+
+# ----------------------------------------------------------------------------------- placement
+
+
+def test_gpu_placement_is_merged_with_the_spec():
+    pod = builders.trainer_pod(CASES["placement"], UID, 0, attempt=0)
+    spec, (c,) = pod["spec"], pod["spec"]["containers"]
+    assert c["resources"] == {"requests": {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": "2"},
+                              "limits": {"memory": "48Gi", "nvidia.com/gpu": "2"}}
+    assert spec["nodeSelector"] == {"pool": "a100", "nvidia.com/gpu.present": "true"}
+    assert spec["tolerations"] == [DEDICATED, {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert spec["affinity"] == AFFINITY
+    assert (c["image"], c["imagePullPolicy"]) == ("registry.example/zeroth:dev", "Always")
+
+
+def test_a_gpu_toleration_in_the_spec_is_not_doubled():
+    for pod in _pods(CASES["arc-agi-1"]):
+        if pod["metadata"]["labels"]["zeroth.dev/role"] != "ray-head":
+            assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_cpu_pods_ask_for_no_gpu():
+    for pod in _pods(CASES["cpu"]):
+        text = json.dumps(pod)
+        assert "nvidia.com" not in text, pod["metadata"]["name"]
+        assert "nodeSelector" not in pod["spec"] and "tolerations" not in pod["spec"]
+
+
+# ------------------------------------------------------------------------------- Kueue, priority
+
+
+def test_kueue_group_and_priority():
+    pods = _pods(CASES["queued"])
+    assert len(pods) == 6
+    for pod in pods:
+        meta = pod["metadata"]
+        assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+        assert meta["labels"]["kueue.x-k8s.io/pod-group-name"] == "queued"
+        assert meta["annotations"] == {"kueue.x-k8s.io/pod-group-total-count": "6"}
+        assert pod["spec"]["priorityClassName"] == "training-high"
+
+
+def test_math_example_is_one_kueue_group():
+    pods = _pods(CASES["math"])
+    assert {p["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] for p in pods} == {"4"}
+
+
+def test_no_queue_no_kueue_labels():
+    for pod in _pods(CASES["gpu"]):
+        assert not any(k.startswith("kueue.x-k8s.io/") for k in pod["metadata"]["labels"])
+        assert "annotations" not in pod["metadata"] and "priorityClassName" not in pod["spec"]
+
+
+# ----------------------------------------------------------------------- config, token, access
+
+
+@cases
+def test_run_json_round_trips(case):
+    run = CASES[case]
+    cm = builders.config_map(run, UID)
+    assert cm["immutable"] is True and list(cm["data"]) == ["run.json"]
+    doc = json.loads(cm["data"]["run.json"])
+    assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}
+    assert doc["metadata"] == {"name": run.metadata.name, "namespace": run.metadata.namespace}
+    again = validation.validate(doc)
+    assert again.spec == run.spec
+    assert again.spec.model_dump() == run.spec.model_dump()
+
+
+def test_run_json_keeps_defaults_and_drops_live_metadata():
+    live = _merge(minimal_manifest("live"), {
+        "metadata": {"namespace": "ns1", "uid": UID, "resourceVersion": "42", "generation": 3},
+        "status": {"phase": "Running"},
+    })
+    doc = json.loads(builders.config_map(validation.validate(live), UID)["data"]["run.json"])
+    assert doc["metadata"] == {"name": "live", "namespace": "ns1"}
+    assert doc["spec"]["algorithm"]["groupSize"] == 8 and doc["spec"]["checkpoint"]["path"] == "/checkpoints"
+
+
+def test_token_secret():
+    secret = builders.ray_token_secret(CASES["countdown-tiny"], UID, TOKEN)
+    assert secret["metadata"]["name"] == "countdown-tiny-ray-token"
+    assert base64.b64decode(secret["data"]["token"]).decode() == TOKEN
+
+
+def test_role_grants_only_its_own_status():
+    run = CASES["gpu"]
+    assert builders.role(run, UID)["rules"] == [{"apiGroups": ["zeroth.dev"], "resources": ["reasoningruns/status"],
+                                                 "resourceNames": ["gpu-run"], "verbs": ["get", "patch"]}]
+    binding = builders.role_binding(run, UID)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "gpu-run"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "gpu-run", "namespace": "team-a"}]
+
+
+def test_services_and_network_policy():
+    run = CASES["gpu"]
+    trainer = builders.trainer_service(run, UID)["spec"]
+    assert trainer["clusterIP"] == "None" and trainer["publishNotReadyAddresses"] is True
+    assert trainer["selector"] == {"zeroth.dev/run": "gpu-run", "zeroth.dev/role": "trainer"}
+    head = builders.ray_head_service(run, UID)
+    assert head["metadata"]["name"] == "gpu-run-ray-head"
+    assert head["spec"]["selector"] == {"zeroth.dev/run": "gpu-run", "zeroth.dev/role": "ray-head"}
+    assert head["spec"]["ports"] == [{"name": "gcs", "port": 6379, "targetPort": 6379, "protocol": "TCP"}]
+    own = {"matchLabels": {"zeroth.dev/run": "gpu-run"}}
+    assert builders.network_policy(run, UID)["spec"] == {
+        "podSelector": own, "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": own}]}, {"ports": [{"protocol": "TCP", "port": 9400}]}],
+    }
+
+
+# ------------------------------------------------------------------------- names, determinism
+
+
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def test_names_fit_for_the_longest_run_name():
+    name = "r" * 40
+    run = validation.validate(_manifest(name, trainer={"replicas": 1024}, rollout={"replicas": 1024}))
+    objects = _children(run)
+    assert len(objects) == 9 + 1 + 1024 + 1024
+    for obj in objects:
+        assert DNS_LABEL.match(obj["metadata"]["name"]) and len(obj["metadata"]["name"]) <= 63, obj["metadata"]["name"]
+        for value in obj["metadata"]["labels"].values():
+            assert len(value) <= 63
+    assert max(len(o["metadata"]["name"]) for o in objects) == len(f"{name}-trainer-1023")
+
+
+@cases
+def test_builders_are_deterministic_and_leave_the_run_alone(case):
+    run = CASES[case]
+    before = run.model_dump()
+    first = _children(run, attempt=1)
+    assert _children(run, attempt=1) == first
+    for obj in first:  # what a caller does to the output must not reach the run or the next build
+        obj["metadata"]["labels"]["x"] = "y"
+        spec = obj.get("spec", {})
+        for key in ("affinity", "nodeSelector"):
+            if isinstance(spec.get(key), dict):
+                spec[key]["x"] = "y"
+        for t in spec.get("tolerations", []):
+            t["key"] = "mutated"
+        for c in spec.get("containers", []):
+            for section in c.get("resources", {}).values():
+                section["x"] = "1"
+    assert run.model_dump() == before
+    assert _children(run, attempt=1) == json.loads(json.dumps(_children(run, attempt=1)))
+    assert "mutated" not in json.dumps(_children(run, attempt=1))

@@ -1,0 +1,207 @@
+"""The operator's decisions, from a run and its pods, without a cluster (operator/plan.py)."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.conftest import minimal_manifest
+from zeroth import validation
+from zeroth.operator import plan as planning
+
+NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc)
+RUN = "demo"
+
+
+def spec(trainers: int = 2, rollouts: int = 2, backoff: int = 3, suspend: bool = False):
+    m = minimal_manifest(RUN)
+    m["spec"]["trainer"] = {"replicas": trainers, "gpusPerReplica": 0}
+    m["spec"]["rollout"] = {"replicas": rollouts, "gpusPerReplica": 0, "engine": "hf"}
+    m["spec"]["backoffLimit"] = backoff
+    m["spec"]["suspend"] = suspend
+    return validation.validate(m).spec
+
+
+def pod(name: str, role: str, number: int = 0, attempt: int = 0, phase: str = "Running", node: str | None = "cpu-0",
+        ready: bool | None = None, terminating: bool = False, exit_code: int | None = None) -> dict:
+    labels = {"zeroth.dev/run": RUN, "zeroth.dev/role": role}
+    if role == "trainer":
+        labels |= {"zeroth.dev/rank": str(number), "zeroth.dev/attempt": str(attempt)}
+    elif role == "rollout":
+        labels["zeroth.dev/index"] = str(number)
+    ready = phase == "Running" if ready is None else ready
+    status: dict = {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+    if exit_code is not None:
+        status["containerStatuses"] = [{"name": role, "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}}}]
+    meta: dict = {"name": name, "labels": labels}
+    if terminating:
+        meta["deletionTimestamp"] = "2026-11-24T11:59:00Z"
+    return {"metadata": meta, "spec": {"nodeName": node} if node else {}, "status": status}
+
+
+def gang(attempt: int = 0, trainers: int = 2, rollouts: int = 2, phase: str = "Running", node: str | None = "cpu-0") -> list[dict]:
+    pods = [pod(f"{RUN}-trainer-{r}", "trainer", r, attempt, phase, node) for r in range(trainers)]
+    pods.append(pod(f"{RUN}-ray-head", "ray-head", phase=phase if phase != "Succeeded" else "Running", node=node))
+    pods += [pod(f"{RUN}-rollout-{i}", "rollout", i, phase=phase if phase != "Succeeded" else "Running", node=node)
+             for i in range(rollouts)]
+    return pods
+
+
+def test_a_new_run_creates_its_gang_head_and_fleet_and_is_pending():
+    p = planning.plan(RUN, spec(), None, 1, [], NOW)
+    assert sorted(p.create) == [("ray-head", 0), ("rollout", 0), ("rollout", 1), ("trainer", 0), ("trainer", 1)]
+    assert p.delete == [] and p.attempt == 0
+    s = p.status
+    assert s["phase"] == "Pending" and s["restarts"] == 0 and s["observedGeneration"] == 1
+    assert s["trainer"] == {"desired": 2, "ready": 0}
+    assert s["rollout"] == {"desired": 2, "ready": 0, "selector": "zeroth.dev/run=demo,zeroth.dev/role=rollout"}
+    assert s["startTime"] == "2026-11-24T12:00:00Z" and s["completionTime"] is None
+    conds = {c["type"]: c["status"] for c in s["conditions"]}
+    assert conds == {"Ready": "False", "Progressing": "True", "Suspended": "False", "Succeeded": "False", "Failed": "False"}
+
+
+def test_pending_then_initializing_then_running_with_events():
+    unscheduled = gang(phase="Pending", node=None)
+    p = planning.plan(RUN, spec(), {"phase": "Pending"}, 1, unscheduled, NOW)
+    assert p.status["phase"] == "Pending" and p.create == [] and p.events == []
+
+    some = copy.deepcopy(unscheduled)
+    some[0]["spec"]["nodeName"] = "cpu-1"
+    some[0]["status"]["phase"] = "Running"
+    p = planning.plan(RUN, spec(), {"phase": "Pending"}, 1, some, NOW)
+    assert p.status["phase"] == "Initializing"
+    assert p.status["message"] == "1/2 trainer pods running, 1 starting"
+    assert [(e.type, e.reason) for e in p.events] == [("Normal", "Initializing")]
+
+    p = planning.plan(RUN, spec(), {"phase": "Initializing"}, 1, gang(), NOW)
+    assert p.status["phase"] == "Running"
+    assert p.status["trainer"]["ready"] == 2 and p.status["rollout"]["ready"] == 2
+    assert {c["type"]: c["status"] for c in p.status["conditions"]}["Ready"] == "True"
+    assert [(e.type, e.reason) for e in p.events] == [("Normal", "Running")]
+
+
+def test_a_condition_keeps_its_transition_time_until_it_flips():
+    first = planning.plan(RUN, spec(), {"phase": "Initializing"}, 1, gang(), NOW).status
+    later = NOW + timedelta(minutes=5)
+    again = planning.plan(RUN, spec(), first, 2, gang(), later).status
+    by_type = {c["type"]: c for c in again["conditions"]}
+    assert by_type["Ready"]["lastTransitionTime"] == "2026-11-24T12:00:00Z"
+    assert by_type["Ready"]["observedGeneration"] == 2
+    suspended = planning.plan(RUN, spec(suspend=True), again, 3, gang(), later).status
+    by_type = {c["type"]: c for c in suspended["conditions"]}
+    assert by_type["Ready"] == {**by_type["Ready"], "status": "False", "lastTransitionTime": "2026-11-24T12:05:00Z"}
+    assert by_type["Suspended"]["status"] == "True"
+
+
+def test_one_failed_trainer_restarts_the_whole_gang_counting_first():
+    pods = gang()
+    pods[1] = pod(f"{RUN}-trainer-1", "trainer", 1, 0, "Failed", exit_code=137)
+    p = planning.plan(RUN, spec(), {"phase": "Running", "restarts": 0}, 1, pods, NOW)
+    assert p.status["restarts"] == 1 and p.attempt == 1
+    assert sorted(p.delete) == [f"{RUN}-trainer-0", f"{RUN}-trainer-1"]  # the whole gang, not the fleet
+    assert not any(role == "trainer" for role, _ in p.create)  # their names are still taken
+    assert [(e.type, e.reason) for e in p.events][0] == ("Warning", "GangRestart")
+    assert "demo-trainer-1 failed (exit code 137 (Error))" in p.events[0].message
+    assert "restart 1 of 3" in p.events[0].message
+
+
+def test_after_a_restart_old_pods_are_deleted_and_new_ones_created_once_names_are_free():
+    status = {"phase": "Running", "restarts": 1}
+    # the operator died after writing restarts=1 but before deleting: the next plan deletes, without counting again
+    stale = gang(attempt=0)
+    p = planning.plan(RUN, spec(), status, 1, stale, NOW)
+    assert p.status["restarts"] == 1
+    assert sorted(p.delete) == [f"{RUN}-trainer-0", f"{RUN}-trainer-1"]
+    # still terminating: nothing created, nothing deleted twice
+    terminating = [pod(f"{RUN}-trainer-{r}", "trainer", r, 0, terminating=True) for r in range(2)] + gang()[2:]
+    p = planning.plan(RUN, spec(), status, 1, terminating, NOW)
+    assert p.delete == [] and p.create == []
+    # gone: the new attempt's pods
+    p = planning.plan(RUN, spec(), status, 1, gang()[2:], NOW)
+    assert sorted(p.create) == [("trainer", 0), ("trainer", 1)] and p.attempt == 1
+    assert p.status["phase"] == "Initializing"
+
+
+def test_backoff_limit_reached_fails_the_run_and_frees_everything():
+    pods = gang(attempt=2)
+    pods[0] = pod(f"{RUN}-trainer-0", "trainer", 0, 2, "Failed", exit_code=1)
+    p = planning.plan(RUN, spec(backoff=2), {"phase": "Running", "restarts": 2}, 1, pods, NOW)
+    assert p.status["phase"] == "Failed" and p.status["restarts"] == 2
+    assert "backoff limit of 2 gang restarts reached" in p.status["message"]
+    assert "demo-trainer-0 failed (exit code 1 (Error))" in p.status["message"]
+    assert sorted(p.delete) == sorted([f"{RUN}-trainer-1", f"{RUN}-ray-head", f"{RUN}-rollout-0", f"{RUN}-rollout-1"])
+    assert p.create == []
+    assert p.status["completionTime"] == "2026-11-24T12:00:00Z"
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "Failed")]
+    # and stays Failed: a later plan creates nothing
+    later = planning.plan(RUN, spec(backoff=2), p.status, 1, [pods[0]], NOW + timedelta(minutes=1))
+    assert later.create == [] and later.status["phase"] == "Failed" and later.events == []
+    assert later.status["completionTime"] == "2026-11-24T12:00:00Z"
+
+
+def test_backoff_limit_zero_fails_on_the_first_failure():
+    pods = gang()
+    pods[0] = pod(f"{RUN}-trainer-0", "trainer", 0, 0, "Failed", exit_code=2)
+    p = planning.plan(RUN, spec(backoff=0), {"phase": "Running"}, 1, pods, NOW)
+    assert p.status["phase"] == "Failed" and p.status["restarts"] == 0
+
+
+def test_suspend_deletes_every_pod_and_resume_recreates_them():
+    p = planning.plan(RUN, spec(suspend=True), {"phase": "Running", "restarts": 1}, 2, gang(attempt=1), NOW)
+    assert p.status["phase"] == "Suspended" and p.create == []
+    assert len(p.delete) == 5
+    assert {c["type"]: c["status"] for c in p.status["conditions"]}["Suspended"] == "True"
+    p = planning.plan(RUN, spec(), p.status, 3, [], NOW)
+    assert p.status["phase"] == "Pending" and p.attempt == 1 and p.status["restarts"] == 1
+    assert sorted(p.create) == [("ray-head", 0), ("rollout", 0), ("rollout", 1), ("trainer", 0), ("trainer", 1)]
+    assert [(e.type, e.reason) for e in p.events] == [("Normal", "Pending")]
+
+
+@pytest.mark.parametrize(("before", "after", "create", "delete"), [
+    (2, 4, [("rollout", 2), ("rollout", 3)], []),
+    (3, 1, [], ["demo-rollout-1", "demo-rollout-2"]),
+])
+def test_scaling_the_fleet_creates_or_deletes_rollout_pods_only(before, after, create, delete):
+    p = planning.plan(RUN, spec(rollouts=after), {"phase": "Running"}, 2, gang(rollouts=before), NOW)
+    assert p.create == create and sorted(p.delete) == delete
+    assert p.status["rollout"]["desired"] == after and p.status["phase"] == "Running"
+
+
+def test_a_rollout_or_head_pod_that_ended_is_replaced():
+    pods = gang()
+    pods[2] = pod(f"{RUN}-ray-head", "ray-head", phase="Failed")
+    pods[3] = pod(f"{RUN}-rollout-0", "rollout", 0, phase="Failed")
+    p = planning.plan(RUN, spec(), {"phase": "Running"}, 1, pods, NOW)
+    assert sorted(p.delete) == [f"{RUN}-ray-head", f"{RUN}-rollout-0"] and p.status["restarts"] == 0
+    p = planning.plan(RUN, spec(), {"phase": "Running"}, 1, [pods[i] for i in (0, 1, 4)], NOW)
+    assert sorted(p.create) == [("ray-head", 0), ("rollout", 0)]
+
+
+def test_all_trainers_succeeded_finishes_the_run_and_frees_the_fleet():
+    pods = gang(phase="Succeeded")
+    p = planning.plan(RUN, spec(), {"phase": "Running"}, 1, pods, NOW)
+    assert p.status["phase"] == "Succeeded" and p.create == []
+    assert sorted(p.delete) == sorted([f"{RUN}-ray-head", f"{RUN}-rollout-0", f"{RUN}-rollout-1"])
+    assert p.status["completionTime"] == "2026-11-24T12:00:00Z"
+    assert {c["type"]: c["status"] for c in p.status["conditions"]}["Succeeded"] == "True"
+    # one trainer done and one still running is not success
+    pods[1]["status"]["phase"] = "Running"
+    assert planning.plan(RUN, spec(), {"phase": "Running"}, 1, pods, NOW).status["phase"] == "Running"
+
+
+def test_a_finished_run_never_creates_and_removes_what_still_runs():
+    pods = gang(phase="Succeeded")
+    p = planning.plan(RUN, spec(), {"phase": "Succeeded", "completionTime": "2026-11-24T11:00:00Z"}, 1, pods, NOW)
+    assert p.create == [] and p.events == []
+    assert sorted(p.delete) == sorted([f"{RUN}-ray-head", f"{RUN}-rollout-0", f"{RUN}-rollout-1"])
+    assert p.status["completionTime"] == "2026-11-24T11:00:00Z"
+
+
+def test_a_plan_is_a_fixed_point_once_carried_out():
+    """Carrying out a plan and planning again changes nothing: the idempotence the chaos test relies on."""
+    p = planning.plan(RUN, spec(), None, 1, gang(), NOW)
+    again = planning.plan(RUN, spec(), p.status, 1, gang(), NOW + timedelta(seconds=30))
+    assert again.create == [] and again.delete == [] and again.events == []
+    assert again.status == p.status
