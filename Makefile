@@ -31,6 +31,7 @@ $(UV):
 $(VENV)/.synced: requirements.lock | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
 	VIRTUAL_ENV=$(VENV) $(UV) pip sync --quiet requirements.lock
+	rm -f $(VENV)/.editable  # sync removed the editable install of the project: `venv` puts it back
 	touch $@
 
 venv: $(VENV)/.synced
@@ -38,7 +39,7 @@ venv: $(VENV)/.synced
 	  VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet --no-deps -e . && echo "$(CURDIR)" > $(VENV)/.editable; fi
 
 lock: | $(UV)
-	$(UV) pip compile --quiet pyproject.toml --extra test --extra operator --python $(PYTHON) --python-version 3.11 -o requirements.lock
+	$(UV) pip compile --quiet pyproject.toml --extra test --extra operator --extra engine --python $(PYTHON) --python-version 3.11 -o requirements.lock
 
 crd: venv
 	$(PY) -m zeroth.crd > charts/zeroth/crds/reasoningruns.yaml

@@ -24,12 +24,13 @@ for n in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd; do 
 log "zkube built in $((SECONDS - t0)) s"
 t0=$SECONDS
 GOBIN=$out/bin go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"
-# kwok's own stage definitions (node heartbeats, pods Running, Job pods Succeeded, deletion),
-# taken from the module at the same tag.
+# kwok's own stage definitions (node heartbeats, pods Running, Job pods Succeeded, deletion, and
+# the chaos stage that fails a Running pod labelled for it), taken from the module at the same tag.
 stages=$(go env GOMODCACHE)/sigs.k8s.io/kwok@v$KWOK_VERSION/kustomize/stage
 mkdir -p "$out/kwok-stages"
 cp "$stages"/node/fast/node-initialize.yaml "$stages"/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
-   "$stages"/pod/fast/pod-ready.yaml "$stages"/pod/fast/pod-complete.yaml "$stages"/pod/fast/pod-delete.yaml "$out/kwok-stages/"
+   "$stages"/pod/fast/pod-ready.yaml "$stages"/pod/fast/pod-complete.yaml "$stages"/pod/fast/pod-delete.yaml \
+   "$stages"/pod/chaos/pod-container-running-failed.yaml "$out/kwok-stages/"
 chmod -R u+w "$out/kwok-stages"
 log "kwok built in $((SECONDS - t0)) s"
 t0=$SECONDS

@@ -13,6 +13,7 @@ their phases. No container ever runs. Standard library only, so it runs before a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -196,8 +197,25 @@ def nodes() -> list[dict]:
 # ----------------------------------------------------------------------------------- commands
 
 
-def is_up() -> bool:
-    if not (STATE / "ready").exists() or any(_running(c) is None for c in COMPONENTS):
+def stages(bins: Path) -> list[Path]:
+    """kwok's stages: upstream ones copied next to the binaries by the build, and this repo's own."""
+    return sorted((bins.parent / "kwok-stages").glob("*.yaml")) + sorted((HACK / "kwok-stages").glob("*.yaml"))
+
+
+def fingerprint(bins: Path) -> str:
+    """What a running control plane was started from: its binaries and kwok's stages. A cluster
+    started from anything else is restarted by `up`."""
+    digest = hashlib.sha256(str(bins).encode())
+    for s in stages(bins):
+        digest.update(s.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def is_up(bins: Path | None = None) -> bool:
+    ready = STATE / "ready"
+    if not ready.exists() or any(_running(c) is None for c in COMPONENTS):
+        return False
+    if bins is not None and ready.read_text().strip() != fingerprint(bins):
         return False
     try:
         token = json.loads(kubeconfig().read_text())["users"][0]["user"]["token"]
@@ -208,7 +226,7 @@ def is_up() -> bool:
 
 def up() -> None:
     bins = bin_dir()
-    if is_up():
+    if is_up(bins):
         log(f"already up: KUBECONFIG={kubeconfig()}")
         return
     down(quiet=True)
@@ -260,10 +278,9 @@ def up() -> None:
         str(bins / "kube-scheduler"), f"--kubeconfig={STATE / 'scheduler.kubeconfig'}",
         "--bind-address=127.0.0.1", f"--secure-port={PORTS['scheduler']}", "--leader-elect=false",
     ])
-    stages = sorted((bins.parent / "kwok-stages").glob("*.yaml"))
     start("kwok", [
         str(bins / "kwok"), f"--kubeconfig={kubeconfig()}", "--manage-all-nodes=false",
-        *(f"--config={s}" for s in stages), "--node-lease-duration-seconds=40",
+        *(f"--config={s}" for s in stages(bins)), "--node-lease-duration-seconds=40",
         "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
         f"--server-address=127.0.0.1:{PORTS['kwok']}", "--cidr=10.244.0.0/16", "--node-ip=127.0.0.1",
     ])
@@ -279,7 +296,7 @@ def up() -> None:
     # The controller-manager creates each namespace's default ServiceAccount; pods need it.
     wait_for("the default ServiceAccount", lambda: kubectl(bins, "get", "serviceaccount", "default", "-o", "name"),
              component="kube-controller-manager")
-    (STATE / "ready").touch()
+    (STATE / "ready").write_text(fingerprint(bins) + "\n")
     log(f"up in {time.monotonic() - t0:.1f}s: {CPU_NODES} CPU and {GPU_NODES} GPU kwok nodes; KUBECONFIG={kubeconfig()}")
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,3 +102,106 @@ def namespace(cluster: Cluster) -> str:
     })
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+# --------------------------------------------------------------------------------- the operator
+
+OPERATOR_RELEASE = "zeroth"
+
+
+@dataclass
+class Operator:
+    """The operator as a process (`kopf run`, the chart's command), authenticated as the chart's
+    ServiceAccount: the RBAC that `helm install` grants is all it has."""
+
+    cluster: Cluster
+    kubeconfig: Path
+    log: Path
+    metrics_port: int
+    health_port: int
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "ZEROTH_OPERATOR_METRICS_PORT": str(self.metrics_port)}
+        kopf = Path(sys.executable).parent / "kopf"
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [str(kopf), "run", "--standalone", "--all-namespaces", f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
+             "-m", "zeroth.operator.handlers"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the operator exited ({self.proc.returncode}):\n{self.log.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"the operator did not become healthy:\n{self.log.read_text()[-4000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no goodbye."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def install_chart(cluster: Cluster, namespace: str, release: str = OPERATOR_RELEASE, *args: str) -> list[dict]:
+    """`helm install` the chart (the CRD is installed by the `crd` fixture) and returns its objects."""
+    cluster.run("helm", "install", release, str(ROOT / "charts" / "zeroth"), "--namespace", namespace,
+                "--skip-crds", "--wait=false", *args)
+    manifest = cluster.run("helm", "get", "manifest", release, "--namespace", namespace).stdout
+    return [d for d in yaml.safe_load_all(manifest) if d]
+
+
+def service_account_kubeconfig(cluster: Cluster, namespace: str, account: str, dest: Path) -> Path:
+    """A kubeconfig that authenticates as a ServiceAccount, with a token from the TokenRequest API."""
+    token = cluster.kubectl("create", "token", account, "--namespace", namespace, "--duration=3h").stdout.strip()
+    admin = json.loads(cluster.kubeconfig.read_text())
+    kubeconfig = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "local", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": account, "user": {"token": token}}],
+        "contexts": [{"name": "local", "context": {"cluster": "local", "user": account}}],
+        "current-context": "local",
+    }
+    dest.write_text(json.dumps(kubeconfig))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def operator(crd: Cluster, tmp_path_factory) -> Operator:
+    """The chart installed in a namespace of its own and the operator running as its ServiceAccount;
+    stopped, and the release uninstalled, after the module."""
+    ns = f"zeroth-system-{uuid.uuid4().hex[:6]}"
+    crd.apply({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    release = f"zeroth-{ns[-6:]}"
+    objects = install_chart(crd, ns, release, "--set", "replicaCount=0")  # the operator runs here, not in kwok
+    account = next(o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount")
+    tmp = tmp_path_factory.mktemp("operator")
+    op = Operator(crd, service_account_kubeconfig(crd, ns, account, tmp / "kubeconfig"), tmp / "operator.log",
+                  _free_port(), _free_port())
+    op.start()
+    yield op
+    op.stop()
+    crd.run("helm", "uninstall", release, "--namespace", ns, check=False)
+    crd.kubectl("delete", "namespace", ns, "--wait=false", check=False)

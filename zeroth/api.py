@@ -413,6 +413,11 @@ class ReasoningRunSpec(Spec):
             "verifier names must be unique",
             ".verifiers",
         ),
+        Rule(
+            "!has(self.queueName) || self.rollout.replicas == oldSelf.rollout.replicas",
+            "rollout.replicas is fixed while queueName is set: Kueue admits the run's pods as one group of fixed size",
+            ".rollout.replicas",
+        ),
     )
 
     model: ModelSpec
@@ -492,7 +497,7 @@ class Progress(Status):
     reward_mean: float | None = None
     """Mean reward of the last step's samples."""
     accuracy: float | None = None
-    """Fraction of the last step's samples the verifiers accept."""
+    """Greedy accuracy on the held-out split at the latest evaluation."""
     tokens_per_second: float | None = None
     """Generated tokens per second over the last step."""
     last_checkpoint_step: int | None = None

@@ -74,6 +74,16 @@ def test_kubectl_scale_sets_rollout_replicas(crd: Cluster, namespace: str):
     assert crd.get("rr/scaled", "-n", namespace)["spec"]["rollout"]["replicas"] == 3
 
 
+def test_a_queued_runs_fleet_size_is_fixed(crd: Cluster, namespace: str):
+    """Kueue admits a run's pods as one pod group of a fixed size, so scaling a queued run is refused."""
+    m = minimal_manifest("queued")
+    m["spec"]["queueName"] = "team-a"
+    crd.apply(m, "-n", namespace)
+    proc = crd.kubectl("scale", "rr/queued", "-n", namespace, "--replicas=3", check=False)
+    assert proc.returncode != 0 and "spec.rollout.replicas" in proc.stderr and "queueName" in proc.stderr
+    assert crd.get("rr/queued", "-n", namespace)["spec"]["rollout"]["replicas"] == 1
+
+
 def test_model_is_immutable(crd: Cluster, namespace: str):
     m = minimal_manifest("immutable")
     crd.apply(m, "-n", namespace)

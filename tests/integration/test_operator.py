@@ -1,0 +1,214 @@
+"""The operator against the real control plane: a ReasoningRun becomes its children, is scheduled,
+runs (kwok), scales, suspends and resumes, restarts its trainer gang, fails past its backoff limit,
+succeeds, and is garbage-collected — each asserted on the objects and the status the API server holds.
+
+The operator runs as a process (`kopf run`, the chart's command) with the chart's ServiceAccount
+token, so every call it makes is checked against the RBAC `helm install` grants. Pods never really
+start here: kwok marks them Running, and its stages end them when a test labels them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.conftest import Cluster, Operator, minimal_manifest
+
+pytestmark = pytest.mark.cluster
+
+FAIL = "pod-container-running-failed.stage.kwok.x-k8s.io"  # kwok's chaos stage: a Running pod fails
+EXIT_ZERO = "zeroth.dev/kwok-exit"  # hack/kwok-stages/pod-exit-zero.yaml: a Running pod succeeds
+
+
+def run_manifest(name: str, *, trainers: int = 2, trainer_gpus: int = 4, rollouts: int = 2, rollout_gpus: int = 2,
+                 **spec) -> dict:
+    m = minimal_manifest(name)
+    m["spec"]["trainer"] = {"replicas": trainers, "gpusPerReplica": trainer_gpus}
+    m["spec"]["rollout"] = {"replicas": rollouts, "gpusPerReplica": rollout_gpus,
+                            "engine": "vllm" if rollout_gpus else "hf"}
+    m["spec"].update(spec)
+    return m
+
+
+def wait_for(what: str, check, timeout: float = 60.0, operator: Operator | None = None):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.3)
+    tail = operator.log.read_text()[-3000:] if operator else ""
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}\n{tail}")
+
+
+def run_of(cluster: Cluster, ns: str, name: str) -> dict:
+    return cluster.get("reasoningrun", name, "-n", ns)
+
+
+def pods_of(cluster: Cluster, ns: str, name: str, role: str | None = None) -> list[dict]:
+    selector = f"zeroth.dev/run={name}" + (f",zeroth.dev/role={role}" if role else "")
+    return cluster.get("pods", "-n", ns, "-l", selector)["items"]
+
+
+def live(pods: list[dict]) -> list[dict]:
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def phase_is(cluster: Cluster, ns: str, name: str, phase: str):
+    def check():
+        status = run_of(cluster, ns, name).get("status") or {}
+        return status if status.get("phase") == phase else None
+    return check
+
+
+def events_of(cluster: Cluster, ns: str, name: str) -> list[tuple[str, str]]:
+    items = cluster.get("events", "-n", ns, "--field-selector", f"involvedObject.name={name},involvedObject.kind=ReasoningRun")
+    return [(e["type"], e["reason"]) for e in items["items"]]
+
+
+def running(cluster: Cluster, operator: Operator, ns: str, name: str, **kw) -> dict:
+    cluster.apply(run_manifest(name, **kw), "-n", ns)
+    return wait_for(f"{name} Running", phase_is(cluster, ns, name, "Running"), operator=operator)
+
+
+def test_apply_creates_every_child_schedules_gpu_pods_and_reaches_running(crd, operator, namespace):
+    c, ns = crd, namespace
+    status = running(c, operator, ns, "alpha")
+    run = run_of(c, ns, "alpha")
+    uid = run["metadata"]["uid"]
+
+    expected = {
+        "configmap": ["alpha-config"], "secret": ["alpha-ray-token"], "serviceaccount": ["alpha"],
+        "role": ["alpha"], "rolebinding": ["alpha"], "service": ["alpha-ray-head", "alpha-trainer"],
+        "networkpolicy": ["alpha"],
+        "pod": ["alpha-ray-head", "alpha-rollout-0", "alpha-rollout-1", "alpha-trainer-0", "alpha-trainer-1"],
+    }
+    for kind, names in expected.items():
+        items = c.get(kind, "-n", ns, "-l", "zeroth.dev/run=alpha")["items"]
+        assert sorted(o["metadata"]["name"] for o in items) == names, kind
+        for o in items:
+            refs = o["metadata"]["ownerReferences"]
+            assert refs == [{"apiVersion": "zeroth.dev/v1alpha1", "kind": "ReasoningRun", "name": "alpha", "uid": uid,
+                             "controller": True, "blockOwnerDeletion": True}], (kind, o["metadata"]["name"])
+            assert o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "zeroth-operator"
+
+    # the real scheduler put every GPU pod on a GPU node, the head (no GPU) on a CPU node; kwok runs them
+    for p in pods_of(c, ns, "alpha"):
+        node, role = p["spec"]["nodeName"], p["metadata"]["labels"]["zeroth.dev/role"]
+        assert node.startswith("gpu-" if role in ("trainer", "rollout") else "cpu-"), (p["metadata"]["name"], node)
+        assert p["status"]["phase"] == "Running"
+    trainer0 = next(p for p in pods_of(c, ns, "alpha", "trainer") if p["metadata"]["name"] == "alpha-trainer-0")
+    assert trainer0["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"
+
+    # status: phase, standard conditions, counts; events for each transition; printer columns
+    assert status["observedGeneration"] == run["metadata"]["generation"]
+    assert status["trainer"] == {"desired": 2, "ready": 2}
+    assert status["rollout"]["desired"] == 2 and status["rollout"]["ready"] == 2
+    conds = {cond["type"]: cond["status"] for cond in status["conditions"]}
+    assert conds == {"Ready": "True", "Progressing": "True", "Suspended": "False", "Succeeded": "False", "Failed": "False"}
+    assert all(cond["observedGeneration"] == run["metadata"]["generation"] for cond in status["conditions"])
+    assert status["startTime"]
+    reasons = [r for _, r in events_of(c, ns, "alpha")]
+    assert "Running" in reasons and reasons.index("Running") > (reasons.index("Initializing") if "Initializing" in reasons else -1)
+    table = c.kubectl("get", "rr", "alpha", "-n", ns).stdout.split("\n")
+    header, row = table[0].split(), table[1].split()
+    assert row[header.index("PHASE")] == "Running"
+
+
+def test_scale_resizes_the_rollout_fleet(crd, operator, namespace):
+    c, ns = crd, namespace
+    running(c, operator, ns, "scaly", rollouts=1)
+    c.kubectl("scale", "rr/scaly", "--replicas=3", "-n", ns)
+    wait_for("3 rollout pods", lambda: len(live(pods_of(c, ns, "scaly", "rollout"))) == 3, operator=operator)
+    wait_for("status.rollout 3/3", lambda: (run_of(c, ns, "scaly")["status"]["rollout"] | {}).get("ready") == 3)
+    c.kubectl("scale", "rr/scaly", "--replicas=1", "-n", ns)
+    wait_for("1 rollout pod", lambda: [p["metadata"]["name"] for p in pods_of(c, ns, "scaly", "rollout")] == ["scaly-rollout-0"],
+             operator=operator)
+    status = run_of(c, ns, "scaly")["status"]
+    assert status["rollout"]["desired"] == 1
+    assert len(live(pods_of(c, ns, "scaly", "trainer"))) == 2  # the trainer gang untouched
+    # the scale subresource reads back through the status selector
+    scale = json.loads(c.kubectl("get", "--raw", f"/apis/zeroth.dev/v1alpha1/namespaces/{ns}/reasoningruns/scaly/scale").stdout)
+    assert scale["spec"]["replicas"] == 1 and scale["status"]["selector"] == "zeroth.dev/run=scaly,zeroth.dev/role=rollout"
+
+
+def test_suspend_frees_the_pods_keeps_config_and_resume_brings_them_back(crd, operator, namespace):
+    c, ns = crd, namespace
+    running(c, operator, ns, "nap")
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods_of(c, ns, "nap")}
+    c.kubectl("patch", "rr", "nap", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    status = wait_for("Suspended", phase_is(c, ns, "nap", "Suspended"), operator=operator)
+    wait_for("no pods", lambda: pods_of(c, ns, "nap") == [], operator=operator)
+    assert {cond["type"]: cond["status"] for cond in status["conditions"]}["Suspended"] == "True"
+    assert c.get("configmap", "nap-config", "-n", ns)["data"]["run.json"]
+    assert c.kubectl("get", "secret", "nap-ray-token", "-n", ns, "-o", "name").stdout.strip() == "secret/nap-ray-token"
+
+    c.kubectl("patch", "rr", "nap", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    wait_for("Running again", phase_is(c, ns, "nap", "Running"), operator=operator)
+    after = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods_of(c, ns, "nap")}
+    assert sorted(after) == sorted(before) and not set(after.values()) & set(before.values())
+    assert [r for _, r in events_of(c, ns, "nap")].count("Suspended") == 1
+
+
+def test_a_failed_trainer_restarts_the_gang_then_backoff_limit_fails_the_run(crd, operator, namespace):
+    c, ns = crd, namespace
+    running(c, operator, ns, "flaky", backoffLimit=1)
+    first = {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods_of(c, ns, "flaky", "trainer")}
+    fleet = {p["metadata"]["uid"] for p in pods_of(c, ns, "flaky", "rollout")}
+    c.kubectl("label", "pod", "flaky-trainer-1", "-n", ns, f"{FAIL}=true")
+
+    def new_gang():
+        pods = live(pods_of(c, ns, "flaky", "trainer"))
+        return (len(pods) == 2 and all(p["metadata"]["labels"]["zeroth.dev/attempt"] == "1" for p in pods)
+                and all(p["status"].get("phase") == "Running" for p in pods) and pods)
+    gang = wait_for("the gang's second attempt running", new_gang, operator=operator)
+    assert not {p["metadata"]["uid"] for p in gang} & set(first.values())  # both ranks replaced, not just the failed one
+    assert {p["metadata"]["uid"] for p in pods_of(c, ns, "flaky", "rollout")} == fleet  # the fleet kept
+    status = wait_for("Running after the restart", phase_is(c, ns, "flaky", "Running"), operator=operator)
+    assert status["restarts"] == 1
+    assert ("Warning", "GangRestart") in events_of(c, ns, "flaky")
+
+    c.kubectl("label", "pod", "flaky-trainer-0", "-n", ns, f"{FAIL}=true")
+    status = wait_for("Failed", phase_is(c, ns, "flaky", "Failed"), operator=operator)
+    assert status["restarts"] == 1 and status["completionTime"]
+    assert "flaky-trainer-0 failed" in status["message"] and "backoff limit of 1" in status["message"]
+    assert {cond["type"]: cond["status"] for cond in status["conditions"]}["Failed"] == "True"
+    assert ("Warning", "Failed") in events_of(c, ns, "flaky")
+    # every pod that still ran is deleted, the GPUs freed; the failed pod stays for its logs
+    wait_for("only the failed trainer pod left", lambda: [p["metadata"]["name"] for p in live(pods_of(c, ns, "flaky"))] == [
+        "flaky-trainer-0"], operator=operator)
+
+
+def test_the_run_succeeds_when_every_trainer_exits_zero(crd, operator, namespace):
+    c, ns = crd, namespace
+    running(c, operator, ns, "done", trainers=2, trainer_gpus=0, rollouts=1, rollout_gpus=0)
+    for p in pods_of(c, ns, "done", "trainer"):
+        c.kubectl("label", "pod", p["metadata"]["name"], "-n", ns, f"{EXIT_ZERO}=0")
+    status = wait_for("Succeeded", phase_is(c, ns, "done", "Succeeded"), operator=operator)
+    assert status["completionTime"]
+    wait_for("the head and fleet deleted", lambda: [p["metadata"]["name"] for p in live(pods_of(c, ns, "done"))] == [
+        "done-trainer-0", "done-trainer-1"], operator=operator)
+    assert ("Normal", "Succeeded") in events_of(c, ns, "done")
+
+
+def test_deleting_the_run_garbage_collects_every_child(crd, operator, namespace):
+    c, ns = crd, namespace
+    running(c, operator, ns, "gone")
+    c.kubectl("delete", "rr", "gone", "-n", ns, "--wait=true", "--timeout=60s")
+    kinds = "configmap,secret,serviceaccount,role,rolebinding,service,networkpolicy,pod"
+
+    def nothing_left():
+        return [o["metadata"]["name"] for o in c.get(kinds, "-n", ns, "-l", "zeroth.dev/run=gone")["items"]] == []
+    wait_for("the garbage collector", nothing_left, timeout=90)
+
+
+def test_the_operator_exports_its_metrics(crd, operator, namespace):
+    running(crd, operator, namespace, "counted", trainers=1, trainer_gpus=0, rollouts=1, rollout_gpus=0)
+    text = operator.metrics()
+    assert f'zeroth_runs{{namespace="{namespace}",phase="Running"}} 1.0' in text
+    count = next(float(line.split()[-1]) for line in text.splitlines()
+                 if line.startswith('zeroth_reconcile_seconds_count{handler="reconcile"}'))
+    assert count >= 3  # at least Pending, Initializing and Running were each reconciled
