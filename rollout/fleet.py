@@ -6,11 +6,19 @@ were published, so a sample's staleness (trainer version minus its version) neve
 `maxStaleness`. With `maxStaleness: 0` only the current step's request exists: on-policy.
 Ray runs an actor's calls in submission order, so a request submitted after `publish(v)` is
 generated with weights `v` (or newer).
+
+Placement: each rollout actor requests one unit of the custom resource `ROLLOUT_RESOURCE`. On a
+cluster every rollout pod advertises exactly one (`ray start --resources='{"zeroth-rollout": 1}'`)
+and nothing else does, so there is one actor per rollout pod; locally `connect` gives the one Ray
+node as many units as there are workers, and the same code runs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +26,37 @@ from typing import Any
 from zeroth import api
 from zeroth.rollout.weights import ObjectStoreSync
 from zeroth.rollout.worker import RolloutWorker, Sample
+
+
+ROLLOUT_RESOURCE = "zeroth-rollout"
+"""Custom Ray resource of a rollout slot; the operator's rollout pods advertise it under this name."""
+
+
+def connect(workers: int) -> None:
+    """Ray for the trainer (rank 0, the driver). With RAY_ADDRESS (a cluster), joins the run's Ray
+    cluster; without, starts Ray here with one CPU and one rollout slot per worker."""
+    import ray
+
+    address = os.environ.get("RAY_ADDRESS")
+    options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if not address:
+        ray.init(num_cpus=max(workers, 1), resources={ROLLOUT_RESOURCE: workers}, **options)
+        return
+    # A driver connects through a raylet on its own host (Ray finds it among the host's processes),
+    # and a trainer pod runs none: join as a node offering no CPUs, GPUs or rollout slots, so
+    # nothing is ever scheduled on it.
+    if not _local_raylet():
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", f"--address={address}", "--num-cpus=0",
+                        "--num-gpus=0", "--disable-usage-stats"], check=True)
+    ray.init(address=address, **options)
+
+
+def _local_raylet() -> bool:
+    try:
+        from ray._private.services import find_node_ids  # what ray.init itself looks for (Ray 2.60)
+    except ImportError:
+        return False
+    return bool(find_node_ids())
 
 
 def sampling_seed(seed: int, *parts: int) -> int:
@@ -42,7 +81,7 @@ class Fleet:
 
         self.spec = spec
         actor = ray.remote(RolloutWorker).options(num_cpus=cpus_per_worker, num_gpus=spec.rollout.gpus_per_replica,
-                                                  max_concurrency=1)
+                                                  resources={ROLLOUT_RESOURCE: 1}, max_concurrency=1)
         dumped = spec.model_dump(by_alias=True, mode="json")
         self.workers = [actor.remote(model_path, dumped, i) for i in range(workers)]
         self.sync = ObjectStoreSync(self.workers)

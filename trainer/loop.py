@@ -10,7 +10,6 @@ prompts and draws the same samples as one that never stopped.
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import time
 from pathlib import Path
@@ -79,7 +78,9 @@ def pass_maj(sampled: list[Sample], k: int) -> tuple[float, float]:
     return passed / n, majority / n
 
 
-def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, metrics_port: int | None) -> int:
+def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, metrics_port: int | None,
+        metrics_addr: str = "127.0.0.1", export_dir: Path | None = None) -> int:
+    """Trains to `algorithm.maxSteps` (0) or until SIGTERM/SIGINT (130, after a checkpoint)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     algo = spec.algorithm
     stop = Stop()
@@ -105,13 +106,12 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
     if rank == 0:
         import ray
 
-        from zeroth.rollout.fleet import Fleet
+        from zeroth.rollout import fleet as fleets
         from zeroth.trainer.report import Reporter
+        from zeroth.trainer.status import StatusWriter
 
         if not ray.is_initialized():
-            # on a cluster RAY_ADDRESS names the run's Ray head; locally Ray starts here, one CPU a worker
-            local = {} if os.environ.get("RAY_ADDRESS") else {"num_cpus": max(spec.rollout.replicas, 1)}
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **local)
+            fleets.connect(spec.rollout.replicas)  # on a cluster RAY_ADDRESS names the run's Ray head
         stop.install()
         tasks = data.load_tasks(spec.dataset, spec.dataset.split, algo.seed, limit=spec.dataset.max_prompts)
         held_out = data.load_tasks(spec.dataset, spec.dataset.eval_split, algo.seed, limit=spec.dataset.eval_size)
@@ -123,9 +123,12 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
         def informative(rewards: list[float]) -> bool:
             return not bool(grpo.all_equal_groups(torch.tensor(rewards), len(rewards))[0])
 
-        fleet = Fleet(spec, model_path, spec.rollout.replicas)
+        fleet = fleets.Fleet(spec, model_path, spec.rollout.replicas)
         fleet.cursor = state.cursor
-        reporter = Reporter(run_dir, name, namespace, spec, metrics_port)
+        reporter = Reporter(run_dir, name, namespace, spec, metrics_port, metrics_addr, export_dir,
+                            StatusWriter.from_environment())  # None off a cluster
+        if found:
+            reporter.checkpoint(state.step)  # the newest complete checkpoint is the one resumed from
     sync_seconds = _publish(policy, fleet, state.weights_version)
     if rank == 0 and state.step == 0:
         _evaluate(fleet, reporter, held_out, spec, 0)  # the base model, for the plot and the record

@@ -1,4 +1,5 @@
-"""What a run shows: `metrics.jsonl`, Prometheus `/metrics`, exported samples, and PNG plots.
+"""What a run shows: `metrics.jsonl`, Prometheus `/metrics`, exported samples, PNG plots, and on a
+cluster the run's `status.progress` (through `StatusWriter`).
 
 Written by trainer rank 0 only. Reward and accuracy are kept apart everywhere: reward is the
 weighted sum of the verifiers' scores (any partial credit is a visible verifier weight), accuracy
@@ -18,15 +19,18 @@ from prometheus_client import start_http_server
 from zeroth import api
 from zeroth.metrics import Metrics
 from zeroth.rollout.worker import Sample
+from zeroth.trainer.status import StatusWriter
 
 
 PLOT_EVERY = 10
 
 
 class Reporter:
-    def __init__(self, run_dir: Path, name: str, namespace: str, spec: api.ReasoningRunSpec, metrics_port: int | None):
+    def __init__(self, run_dir: Path, name: str, namespace: str, spec: api.ReasoningRunSpec, metrics_port: int | None,
+                 metrics_addr: str = "127.0.0.1", export_dir: Path | None = None, status: StatusWriter | None = None):
         self.run_dir = run_dir
         self.spec = spec
+        self.status = status
         self.labels = {"run": name, "namespace": namespace}
         self.metrics = Metrics()
         self.history: list[dict[str, Any]] = []
@@ -34,13 +38,19 @@ class Reporter:
         if path.exists():
             self.history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         self.jsonl = open(path, "a")
-        (run_dir / "samples").mkdir(exist_ok=True)
+        self.export_dir = export_dir or run_dir / "samples"
+        self.export_dir.mkdir(parents=True, exist_ok=True)
         self.port = None
         if metrics_port is not None:
-            server, _ = start_http_server(metrics_port, addr="127.0.0.1", registry=self.metrics.registry)
+            server, _ = start_http_server(metrics_port, addr=metrics_addr, registry=self.metrics.registry)
             self.port = server.server_port
             (run_dir / "metrics_port").write_text(str(self.port))
         self.metrics["max_steps"].labels(**self.labels).set(spec.algorithm.max_steps)
+        self._progress(maxSteps=spec.algorithm.max_steps)
+
+    def _progress(self, force: bool = False, **fields: Any) -> None:
+        if self.status is not None:
+            self.status.update(force=force, **fields)
 
     def _m(self, name: str, **extra: str):
         return self.metrics[name].labels(**self.labels, **extra)
@@ -69,14 +79,19 @@ class Reporter:
                 m(key).set(record[key])
         self._write(record)
         self._export(record["step"], samples)
+        self._progress(step=record["step"], rewardMean=record["reward_mean"],
+                       tokensPerSecond=record["tokens_per_second"], weightsVersion=record["weights_version"])
 
     def checkpoint(self, step: int) -> None:
+        """A complete checkpoint at `step`; status.progress is patched now (the last step always checkpoints)."""
         self._m("checkpoint_step").set(step)
+        self._progress(force=True, lastCheckpointStep=step)
 
     def evaluation(self, record: dict[str, Any]) -> None:
         for kind in ("greedy", "pass@k", "maj@k"):
             self._m("eval_accuracy", kind=kind).set(record[f"eval_{kind}"])
         self._write(record)
+        self._progress(accuracy=record["eval_greedy"])  # status shows held-out accuracy, not the training samples'
 
     def _write(self, record: dict[str, Any]) -> None:
         self.history.append(record)
@@ -90,7 +105,7 @@ class Reporter:
         keep = [s for s in samples if export.which == "all" or s.correct]
         if not keep:
             return
-        with open(self.run_dir / "samples" / f"step-{step:08d}.jsonl", "w") as f:
+        with open(self.export_dir / f"step-{step:08d}.jsonl", "w") as f:
             for s in keep:
                 f.write(json.dumps({
                     "task_id": s.task_id, "prompt_ids": s.prompt_ids, "completion": s.completion,

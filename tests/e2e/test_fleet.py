@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, resources={fleet.ROLLOUT_RESOURCE: 2}, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
