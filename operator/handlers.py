@@ -220,17 +220,11 @@ def _create(obj: dict[str, Any]) -> None:
             raise
 
 
-_pod_monitor_seen: list[float] = []  # [checked at, served (1.0) or not (0.0)]
-
-
 def _has_pod_monitor() -> bool:
-    """Whether the cluster serves monitoring.coreos.com/v1 (Prometheus Operator); asked once a minute."""
-    now = time.monotonic()
-    if not _pod_monitor_seen or now - _pod_monitor_seen[0] > 60:
-        groups = client.ApisApi(_clients["api"]).get_api_versions().groups
-        served = any(g.name == "monitoring.coreos.com" and any(v.version == "v1" for v in g.versions) for g in groups)
-        _pod_monitor_seen[:] = [now, 1.0 if served else 0.0]
-    return _pod_monitor_seen[1] == 1.0
+    """Whether the cluster serves monitoring.coreos.com/v1 (the Prometheus Operator's PodMonitor);
+    asked once per new run (one discovery call)."""
+    groups = client.ApisApi(_clients["api"]).get_api_versions().groups
+    return any(g.name == "monitoring.coreos.com" and any(v.version == "v1" for v in g.versions) for g in groups)
 
 
 def _publish_phases() -> None:

@@ -10,11 +10,12 @@ start here: kwok marks them Running, and its stages end them when a test labels 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
 
-from tests.conftest import Cluster, Operator, minimal_manifest
+from tests.conftest import ROOT, Cluster, Operator, minimal_manifest
 
 pytestmark = pytest.mark.cluster
 
@@ -212,3 +213,61 @@ def test_the_operator_exports_its_metrics(crd, operator, namespace):
     count = next(float(line.split()[-1]) for line in text.splitlines()
                  if line.startswith('zeroth_reconcile_seconds_count{handler="reconcile"}'))
     assert count >= 3  # at least Pending, Initializing and Running were each reconciled
+
+
+# what a run's own ServiceAccount may do: `kubectl auth can-i` (exit 0 yes, 1 no), asserted both ways
+RUN_ACCOUNT_TABLE = [
+    ("get", "reasoningruns.zeroth.dev/{run}", "--subresource=status", True),
+    ("patch", "reasoningruns.zeroth.dev/{run}", "--subresource=status", True),
+    ("patch", "reasoningruns.zeroth.dev/{other}", "--subresource=status", False),
+    ("get", "reasoningruns.zeroth.dev/{other}", "--subresource=status", False),
+    ("patch", "reasoningruns.zeroth.dev/{run}", None, False),  # the spec is the user's
+    ("update", "reasoningruns.zeroth.dev/{run}", "--subresource=status", False),
+    ("list", "reasoningruns.zeroth.dev", None, False),
+    ("get", "pods", None, False),
+    ("create", "pods", None, False),
+    ("get", "secrets/{run}-ray-token", None, False),
+    ("list", "secrets", None, False),
+    ("get", "configmaps/{run}-config", None, False),
+    ("create", "serviceaccounts/{run}/token", None, False),
+    ("create", "roles.rbac.authorization.k8s.io", None, False),
+    ("get", "nodes", None, False),
+]
+
+
+def test_a_runs_service_account_may_write_only_its_own_runs_status(crd, operator, namespace):
+    c, ns = crd, namespace
+    running(c, operator, ns, "mine", trainers=1, trainer_gpus=0, rollouts=1, rollout_gpus=0)
+    running(c, operator, ns, "theirs", trainers=1, trainer_gpus=0, rollouts=1, rollout_gpus=0)
+    who = f"system:serviceaccount:{ns}:mine"
+    wrong = []
+    for verb, target, extra, allowed in RUN_ACCOUNT_TABLE:
+        args = ["auth", "can-i", verb, target.format(run="mine", other="theirs"), "-n", ns, f"--as={who}"]
+        args += [extra] if extra else []
+        proc = c.kubectl(*args, check=False)
+        assert proc.returncode in (0, 1), proc.stderr
+        if (proc.returncode == 0) != allowed:
+            wrong.append((verb, target, extra, "allowed" if proc.returncode == 0 else "denied"))
+    assert wrong == []
+
+
+def test_a_pod_monitor_where_the_prometheus_operator_api_is_served(crd, operator, namespace):
+    """With the Prometheus Operator's PodMonitor CRD (from its Go module) installed, each new run
+    gets a PodMonitor that the real CRD schema accepts, selecting the run's pods' metrics port."""
+    c, ns = crd, namespace
+    path = subprocess.run([str(ROOT / "hack" / "monitoring-crds.sh")], check=True, capture_output=True, text=True).stdout.strip()
+    c.kubectl("apply", "--server-side", "-f", path)
+    try:
+        c.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/podmonitors.monitoring.coreos.com")
+        running(c, operator, ns, "watched", trainers=1, trainer_gpus=0, rollouts=1, rollout_gpus=0)
+        monitor = wait_for("the PodMonitor", lambda: c.kubectl("get", "podmonitor", "watched", "-n", ns, "-o", "json",
+                                                              check=False).stdout, operator=operator)
+        monitor = json.loads(monitor)
+        assert monitor["spec"]["selector"] == {"matchLabels": {"zeroth.dev/run": "watched"}}
+        assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics"}]
+        assert monitor["metadata"]["ownerReferences"][0]["name"] == "watched"
+        trainer = pods_of(c, ns, "watched", "trainer")[0]
+        ports = {p["name"]: p["containerPort"] for p in trainer["spec"]["containers"][0]["ports"]}
+        assert ports["metrics"] == 9400
+    finally:
+        c.kubectl("delete", "crd", "podmonitors.monitoring.coreos.com", "--wait=false", check=False)
