@@ -11,6 +11,9 @@ API server costs a bounded share of training time. Calls are synchronous: the co
 one small request on rank 0.
 
 Active only on a cluster: with ZEROTH_RUN, ZEROTH_NAMESPACE and KUBERNETES_SERVICE_HOST set.
+The credentials are the pod's mounted ServiceAccount token (`SERVICE_ACCOUNT_DIR`);
+`ZEROTH_SERVICE_ACCOUNT_DIR` names another directory of the same layout, only for running a pod's
+process outside its pod, as the tests do.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from zeroth import api
 log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+SERVICE_ACCOUNT_DIR_ENV = "ZEROTH_SERVICE_ACCOUNT_DIR"  # only for a pod's process run outside its pod (tests)
 INTERVAL = 5.0
 MAX_BACKOFF = 60.0
 TIMEOUT = (3.0, 10.0)  # connect, read (seconds)
@@ -71,11 +75,14 @@ class StatusWriter:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ,
-                         token_dir: Path = SERVICE_ACCOUNT_DIR, **kwargs: Any) -> StatusWriter | None:
+                         token_dir: Path | None = None, **kwargs: Any) -> StatusWriter | None:
         """The writer for ZEROTH_RUN in ZEROTH_NAMESPACE, or None off a cluster or when the
-        ServiceAccount's credentials cannot be read (logged: progress is not worth a failed run)."""
+        ServiceAccount's credentials cannot be read (logged: progress is not worth a failed run).
+        Credentials from `token_dir`, else $ZEROTH_SERVICE_ACCOUNT_DIR, else the in-cluster path."""
         if not active(environ):
             return None
+        if token_dir is None:
+            token_dir = Path(environ.get(SERVICE_ACCOUNT_DIR_ENV) or SERVICE_ACCOUNT_DIR)
         try:
             from kubernetes import client
 
