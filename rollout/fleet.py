@@ -88,6 +88,7 @@ class Fleet:
         self.in_flight: dict[int, Request] = {}
         self.version = -1
         self.cursor = 0  # the next prompt a new request reads
+        self.last_draw: dict[str, float] = {}  # dynamic sampling's draw for the last batch
 
     def publish(self, version: int, state_dict) -> float:
         """Sends weights `version` to every worker and waits until all applied them; returns seconds."""
@@ -149,17 +150,20 @@ class Fleet:
         groups = [samples[i:i + G] for i in range(0, len(samples), G)]
         keep = [g for g in groups if informative([s.reward for s in g])]
         dropped = [g for g in groups if not informative([s.reward for s in g])]
+        first_dropped, drawn = len(dropped), len(groups)
         for r in range(rounds):
             if len(keep) >= want:
                 break
             tasks = prompts(self.cursor, want - len(keep))
             request = self._submit(step * 1000 + r + 1, self.cursor, tasks, G)
             self.cursor += len(tasks)
+            drawn += len(tasks)
             more = self._collect(request)
             for i in range(0, len(more), G):
                 g = more[i:i + G]
                 (keep if informative([s.reward for s in g]) else dropped).append(g)
         chosen = (keep + dropped)[:want]
+        self.last_draw = {"prompts_drawn": drawn, "all_equal_groups_fraction_drawn": first_dropped / max(len(groups), 1)}
         return [s for g in chosen for s in g]
 
     def resume_cursor(self) -> int:

@@ -165,6 +165,7 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
         if rank == 0:
             step_seconds = time.perf_counter() - t0
             record = _record(state, samples, gathered, algo, step_seconds, t_gen, sync_seconds)
+            record.update(fleet.last_draw)  # what dynamic sampling drew before dropping groups
             reporter.step(record, samples)
         stopping = _broadcast(stop.requested if rank == 0 else None)
         last = state.step >= algo.max_steps
