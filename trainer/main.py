@@ -45,12 +45,27 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available() and run.spec.trainer.gpus_per_replica > 0
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    else:
+        _skip_shared_memory_allreduce()
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     try:
         return loop.run(run.spec, run.metadata.name, run.metadata.namespace, args.run_dir, args.metrics_port,
                         args.metrics_addr, args.export_dir)
     finally:
         dist.destroy_process_group()
+
+
+def _skip_shared_memory_allreduce() -> None:
+    """DeepSpeed's CPU backend JIT-compiles its shared-memory all-reduce when it starts: about a
+    minute of g++ in every trainer pod at every start (nothing persists the build there), and no pod
+    starts from an image without a C++ toolchain. Only `inference_all_reduce` uses it, which training
+    never calls; marked incompatible, the op is skipped as on a platform that lacks it."""
+    from deepspeed import ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().get_op_builder("ShareMemCommBuilder")  # None off the CPU accelerator
+    if builder is not None:
+        ops.__compatible_ops__[builder.NAME] = False
 
 
 def _keep_copy(text: str, path: Path) -> None:
