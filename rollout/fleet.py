@@ -40,7 +40,8 @@ def connect(workers: int) -> None:
     address = os.environ.get("RAY_ADDRESS")
     options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if not address:
-        ray.init(num_cpus=max(workers, 1), resources={ROLLOUT_RESOURCE: workers}, **options)
+        # "local": a new Ray of our own, whatever another Ray on this host left in /tmp/ray
+        ray.init(address="local", num_cpus=max(workers, 1), resources={ROLLOUT_RESOURCE: workers}, **options)
         return
     # A driver connects through a raylet on its own host (Ray finds it among the host's processes),
     # and a trainer pod runs none: join as a node offering no CPUs, GPUs or rollout slots, so

@@ -42,16 +42,30 @@ class Sample:
 
 class RolloutWorker:
     def __init__(self, model_path: str, spec: dict[str, Any], index: int = 0):
-        from transformers import AutoTokenizer
+        # The model is loaded on first use, not here: a run creates its workers while the base
+        # model may still be building, so their start (imports, Ray) overlaps the build.
+        import transformers  # noqa: F401 - the slow import, done now
 
         self.spec = api.ReasoningRunSpec.model_validate(spec)
         self.index = index
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, revision=self.spec.model.revision,
+        self.model_path = model_path
+        self._engine = None
+        self.version = 0
+
+    def _load(self) -> None:
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, revision=self.spec.model.revision,
                                                        trust_remote_code=self.spec.model.trust_remote_code)
         self.tokenizer.padding_side = "left"
         self.stop_ids = self._stop_ids()
-        self.engine = make_engine(model_path, self.spec, self.tokenizer, self.stop_ids)
-        self.version = 0
+        self._engine = make_engine(self.model_path, self.spec, self.tokenizer, self.stop_ids)
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            self._load()
+        return self._engine
 
     def _stop_ids(self) -> list[int]:
         ids = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
@@ -87,10 +101,11 @@ class RolloutWorker:
                  temperature: float | None = None) -> list[Sample]:
         """G samples for each task ({"id", "prompt", "gold"}), verified. Deterministic given seed.
         `temperature` overrides the training temperature (evaluation samples at spec.eval's)."""
+        engine = self.engine  # loads the model and tokenizer on first use
         max_len = self.spec.algorithm.max_prompt_tokens
         prompts = [ids[-max_len:] for ids in self.tokenizer([t["prompt"] for t in tasks])["input_ids"]]
         samples = []
-        for c in self.engine.generate(prompts, group_size, seed, greedy, temperature):
+        for c in engine.generate(prompts, group_size, seed, greedy, temperature):
             completion = self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
             samples.append(self._verify(tasks[c.prompt], c.prompt, prompts[c.prompt], c.token_ids, c.logprobs,
                                         completion, c.truncated))

@@ -84,7 +84,18 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
     rank, world = dist.get_rank(), dist.get_world_size()
     algo = spec.algorithm
     stop = Stop()
+    fleet = reporter = None
     if rank == 0:
+        import ray
+
+        from zeroth.rollout import fleet as fleets
+
+        if not ray.is_initialized():
+            fleets.connect(spec.rollout.replicas)  # on a cluster RAY_ADDRESS names the run's Ray head
+        stop.install()
+        # The rollout workers start now and load the model on first use: their start overlaps the
+        # base model's build, if it is still building.
+        fleet = fleets.Fleet(spec, models.resolve(spec.model, build=False), spec.rollout.replicas)
         model_path = models.resolve(spec.model)
     dist.barrier()
     model_path = _broadcast(model_path if rank == 0 else None)
@@ -102,17 +113,10 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
         state.restarts += 1
     torch.manual_seed(algo.seed + state.step)
 
-    fleet = reporter = None
     if rank == 0:
-        import ray
-
-        from zeroth.rollout import fleet as fleets
         from zeroth.trainer.report import Reporter
         from zeroth.trainer.status import StatusWriter
 
-        if not ray.is_initialized():
-            fleets.connect(spec.rollout.replicas)  # on a cluster RAY_ADDRESS names the run's Ray head
-        stop.install()
         tasks = data.load_tasks(spec.dataset, spec.dataset.split, algo.seed, limit=spec.dataset.max_prompts)
         held_out = data.load_tasks(spec.dataset, spec.dataset.eval_split, algo.seed, limit=spec.dataset.eval_size)
         order = data_order(len(tasks), algo.seed)
@@ -123,7 +127,6 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
         def informative(rewards: list[float]) -> bool:
             return not bool(grpo.all_equal_groups(torch.tensor(rewards), len(rewards))[0])
 
-        fleet = fleets.Fleet(spec, model_path, spec.rollout.replicas)
         fleet.cursor = state.cursor
         reporter = Reporter(run_dir, name, namespace, spec, metrics_port, metrics_addr, export_dir,
                             StatusWriter.from_environment())  # None off a cluster

@@ -250,6 +250,13 @@ def recipe_key(tokens: int) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
 
+def tiny_arith_location(cache_dir: Path | None = None, tokens: int | None = None) -> Path:
+    """Where tiny-arith for this recipe is (or will be, once built)."""
+    tokens = PRETRAIN_TOKENS if tokens is None else tokens
+    root = Path(cache_dir) if cache_dir is not None else models_cache()
+    return root / f"{TINY_ARITH}-{recipe_key(tokens)}"
+
+
 def tiny_arith_path(cache_dir: Path | None = None, tokens: int | None = None) -> Path:
     """The folder of tiny-arith for this recipe (PRETRAIN_TOKENS unless `tokens`), built first if missing.
 
@@ -258,10 +265,10 @@ def tiny_arith_path(cache_dir: Path | None = None, tokens: int | None = None) ->
     together) wait for one build instead of each running their own.
     """
     tokens = PRETRAIN_TOKENS if tokens is None else tokens
-    root = Path(cache_dir) if cache_dir is not None else models_cache()
-    final = root / f"{TINY_ARITH}-{recipe_key(tokens)}"
+    final = tiny_arith_location(cache_dir, tokens)
     if final.is_dir():
         return final
+    root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{final.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -280,17 +287,18 @@ def tiny_arith_path(cache_dir: Path | None = None, tokens: int | None = None) ->
 
 
 # Builders of `builtin:` models; a test checks these match zeroth.api.BUILTIN_MODELS.
-BUILTINS = {TINY_ARITH: tiny_arith_path}
+BUILTINS = {TINY_ARITH: (tiny_arith_path, tiny_arith_location)}
 
 
-def resolve(model: ModelSpec, cache_dir: Path | None = None) -> str:
-    """What to pass to `from_pretrained`: a built-in model's cached folder (built if missing), or
-    the hub id or path as it is (the caller passes `model.revision`). `cache_dir` replaces
-    `$ZEROTH_CACHE/models`."""
+def resolve(model: ModelSpec, cache_dir: Path | None = None, build: bool = True) -> str:
+    """What to pass to `from_pretrained`: a built-in model's cached folder (built if missing, unless
+    `build` is false: then only where it will be), or the hub id or path as it is (the caller passes
+    `model.revision`). `cache_dir` replaces `$ZEROTH_CACHE/models`."""
     kind, _, name = model.name.partition(":")
     if kind != "builtin":
         return model.name
     if name not in BUILTINS:
         raise ValueError(f"unknown built-in model {model.name!r}; known: "
                          + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS))
-    return str(BUILTINS[name](cache_dir))
+    build_it, locate = BUILTINS[name]
+    return str((build_it if build else locate)(cache_dir))

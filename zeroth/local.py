@@ -68,13 +68,15 @@ def run(manifest: Path | None, resume: Path | None, runs_root: Path, metrics_por
         (run_dir / "run.json").write_text(json.dumps(run_.model_dump(by_alias=True, exclude_none=True, mode="json"), indent=2))
     log = open(run_dir / "trainer.log", "a")
     console.print(f"[bold]{run_.metadata.name}[/]: run directory [cyan]{run_dir}[/]  (trainer log: trainer.log)")
+    build = None
     if run_.spec.model.name.startswith("builtin:"):
-        # built once and cached; in the foreground so its progress bar shows
+        # built once and cached, with its progress bar here; the trainer starts at the same time
+        # (imports, Ray, the rollout workers) and its rank 0 waits for the model (a file lock)
         console.print(f"model {run_.spec.model.name}: building or reusing the cached base model")
-        built = subprocess.run([sys.executable, "-m", "zeroth.trainer.build_model", str(run_dir / "run.json")],
-                               env=trainer_env(), stdout=subprocess.DEVNULL)
-        if built.returncode != 0:
-            return built.returncode
+        build = subprocess.Popen([sys.executable, "-m", "zeroth.trainer.build_model", str(run_dir / "run.json")],
+                                 env=trainer_env(), stdout=subprocess.DEVNULL)
+    for stale in (run_dir / "pids").glob("rank-*.pid"):  # a resumed run's old ranks: not ours to signal
+        stale.unlink()
     proc = subprocess.Popen(trainer_command(run_, run_dir, metrics_port), stdout=log, stderr=subprocess.STDOUT,
                             env=trainer_env(), start_new_session=True)
     (run_dir / "trainer.pid").write_text(str(proc.pid))  # its process group: torchrun and the ranks
@@ -87,18 +89,36 @@ def run(manifest: Path | None, resume: Path | None, runs_root: Path, metrics_por
 
     old = signal.signal(signal.SIGINT, forward)
     try:
+        if build is not None and (build.wait() != 0 or interrupted):
+            _kill(run_dir, proc)  # no step trained yet: nothing to checkpoint
+            if not interrupted:
+                return build.returncode
+            console.print(f"stopped before training; resume with: [bold]zeroth run --resume {run_dir}[/]")
+            return 130
         rc = follow(run_, run_dir, proc, console)
     finally:
         signal.signal(signal.SIGINT, old)
     if rc != 0 and not interrupted:
         tail = (run_dir / "trainer.log").read_text(errors="replace")[-4000:]
-        console.print(f"[red]trainer exited with {rc}[/]\n{tail}", highlight=False)
+        console.print(f"[red]trainer exited with {rc}[/]")
+        console.print(tail, markup=False, highlight=False)  # a log may hold anything, brackets included
         return rc
     if interrupted:
         console.print(f"stopped; resume with: [bold]zeroth run --resume {run_dir}[/]")
         return 130
     console.print(f"[green]done[/]: {run_dir}/reward.png, {run_dir}/metrics.jsonl, {run_dir}/samples/")
     return 0
+
+
+def _kill(run_dir: Path, proc: subprocess.Popen) -> None:
+    """SIGKILL to torchrun's process group and to every rank (each runs in a session of its own)."""
+    pids = [int(p.read_text()) for p in (run_dir / "pids").glob("rank-*.pid")] if (run_dir / "pids").is_dir() else []
+    for kill, target in [(os.killpg, proc.pid), *((os.kill, pid) for pid in pids)]:
+        try:
+            kill(target, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 def follow(run_: api.ReasoningRun, run_dir: Path, proc: subprocess.Popen, console: Console) -> int:
