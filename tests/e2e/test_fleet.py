@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from zeroth import validation
+from zeroth.rollout import fleet as fleets
 from zeroth.rollout.weights import checksum
 from zeroth.trainer import models
 
@@ -17,19 +18,17 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, resources={fleet.ROLLOUT_RESOURCE: 2}, include_dashboard=False, log_to_driver=False)
+    fleets.connect(2)  # a local Ray of its own, with two rollout slots
     yield ray
     ray.shutdown()
 
 
 def test_publish_makes_workers_equal_to_trainer(ray_local, tmp_path):
-    from zeroth.rollout.fleet import Fleet
-
     tok = models.build_tokenizer()
     models.build_model(tok, seed=0).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     spec = validation.load(TINY).spec
-    fleet = Fleet(spec, str(tmp_path), workers=2)
+    fleet = fleets.Fleet(spec, str(tmp_path), workers=2)
     trainer = models.build_model(tok, seed=1)  # other weights than the workers loaded
     before = fleet.checksums()
     assert checksum(trainer.state_dict()) not in before
