@@ -119,6 +119,9 @@ def _resync_forever(seconds: float) -> None:
         except Exception:  # noqa: BLE001 - the next round tries again
             log.exception("listing runs for the resync failed")
             continue
+        # children deleted since (by hand, or the garbage collector taking a same-named child of
+        # an earlier run with the same name) are created again this round
+        _ensured.clear()
         for run in runs:
             _quietly(run["metadata"]["namespace"], run["metadata"]["name"])
 
