@@ -40,6 +40,7 @@ _phases: dict[tuple[str, str], str] = {}
 _namespaces: set[str] = set()  # every namespace a run was seen in, so a count can drop to 0
 _ensured: set[str] = set()  # uids whose non-pod children were created by this process
 _failures: dict[tuple[str, str], int] = {}
+_frozen_runs: dict[str, api.ReasoningRun] = {}  # by uid: each run's config as its ConfigMap froze it
 RETRY_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
 _metrics = metrics.Metrics(names=("reconcile_seconds", "reconcile_errors", "runs"))
@@ -70,6 +71,7 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 def run_event(event: dict[str, Any], namespace: str, name: str, **_: Any) -> None:
     if event.get("type") == "DELETED":
         _phases.pop((namespace, name), None)  # the garbage collector deletes the children
+        _frozen_runs.pop(event["object"]["metadata"]["uid"], None)
         _publish_phases()
         return
     reconcile(namespace, name)
@@ -174,17 +176,20 @@ def _reconcile(namespace: str, name: str) -> None:
 
 
 def _frozen(live: api.ReasoningRun, uid: str) -> api.ReasoningRun:
-    """The run as frozen in its ConfigMap (written now if missing), with the live replicas and suspend."""
-    core = _clients["core"]
-    cm = builders.config_map(live, uid)
-    try:
-        stored = core.read_namespaced_config_map(cm["metadata"]["name"], live.metadata.namespace)
-        frozen = validation.validate(json.loads(stored.data[builders.CONFIG_KEY]), source=cm["metadata"]["name"])
-    except ApiException as e:
-        if e.status != 404:
-            raise
-        _create(cm)
-        frozen = live
+    """The run as frozen in its ConfigMap (written now if missing; read once per run and process:
+    it never changes), with the live replicas and suspend."""
+    frozen = _frozen_runs.get(uid)
+    if frozen is None:
+        cm = builders.config_map(live, uid)
+        try:
+            stored = _clients["core"].read_namespaced_config_map(cm["metadata"]["name"], live.metadata.namespace)
+            frozen = validation.validate(json.loads(stored.data[builders.CONFIG_KEY]), source=cm["metadata"]["name"])
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            _create(cm)
+            frozen = live
+        _frozen_runs[uid] = frozen
     rollout = frozen.spec.rollout.model_copy(update={"replicas": live.spec.rollout.replicas})
     spec = frozen.spec.model_copy(update={"rollout": rollout, "suspend": live.spec.suspend})
     return frozen.model_copy(update={"spec": spec, "metadata": live.metadata})
