@@ -28,8 +28,7 @@ from zeroth.rollout.weights import ObjectStoreSync
 from zeroth.rollout.worker import RolloutWorker, Sample
 
 
-ROLLOUT_RESOURCE = "zeroth-rollout"
-"""Custom Ray resource of a rollout slot; the operator's rollout pods advertise it under this name."""
+ROLLOUT_RESOURCE = api.ROLLOUT_RESOURCE  # the operator's rollout pods advertise it under this name
 
 
 def connect(workers: int) -> None:

@@ -26,6 +26,8 @@ SHORT_NAMES = ("rr",)
 CATEGORIES = ("zeroth",)
 
 DEFAULT_IMAGE = "ghcr.io/zeroth-dev/zeroth:0.1.0"
+ROLLOUT_RESOURCE = "zeroth-rollout"
+"""The custom Ray resource of one rollout slot: rollout pods advertise one each, rollout actors take one."""
 BUILTIN_DATASETS = ("countdown", "arc-agi-1", "arc-agi-2")
 BUILTIN_MODELS = ("tiny-arith",)
 VERIFIERS = ("countdown", "math", "arc", "format", "code")
