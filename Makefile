@@ -14,13 +14,14 @@ VENV := $(ZEROTH_CACHE)/venv-$(LOCK_KEY)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv crd cluster-build cluster-up cluster-down test test-unit test-integration lint run bench lock clean-cache
+.PHONY: help venv crd cluster-build cluster-up cluster-down kueue-up kueue-down test test-unit test-integration lint run bench lock clean-cache
 
 help:
 	@echo "make run           a real RL run on this CPU (examples/countdown-tiny.yaml)"
 	@echo "make test          every test: unit, integration (real control plane), e2e"
 	@echo "make bench         benchmarks, each printing a side-by-side table"
 	@echo "make cluster-up    start the local Kubernetes control plane (kwok nodes); cluster-down stops it"
+	@echo "make kueue-up      start Kueue against it (queueName admission); kueue-down stops it"
 	@echo "make crd           regenerate charts/zeroth/crds/ from zeroth/api.py"
 	@echo "make lock          re-resolve requirements.lock from pyproject.toml"
 
@@ -46,6 +47,7 @@ crd: venv
 
 cluster-build:
 	hack/build-cluster.sh >/dev/null
+	hack/build-kueue.sh >/dev/null
 
 cluster-up: cluster-build
 	$(PYTHON) hack/cluster.py up
@@ -53,6 +55,12 @@ cluster-up: cluster-build
 
 cluster-down:
 	$(PYTHON) hack/cluster.py down
+
+kueue-up: cluster-up
+	$(PYTHON) hack/kueue.py up
+
+kueue-down:
+	$(PYTHON) hack/kueue.py down
 
 # import-linter walks a package's own folder, and ours maps three folders into it: lint an
 # installed copy, which has the real layout.

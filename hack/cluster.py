@@ -128,10 +128,10 @@ def _running(name: str) -> int | None:
     return pid if _alive(pid) else None
 
 
-def start(name: str, argv: list[str]) -> None:
+def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
     logf = open(STATE / "logs" / f"{name}.log", "ab")
     proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, cwd=STATE)
+                            start_new_session=True, cwd=STATE, env=env)
     _pidfile(name).write_text(str(proc.pid))
 
 
@@ -198,8 +198,11 @@ def nodes() -> list[dict]:
 
 
 def stages(bins: Path) -> list[Path]:
-    """kwok's stages: upstream ones copied next to the binaries by the build, and this repo's own."""
-    return sorted((bins.parent / "kwok-stages").glob("*.yaml")) + sorted((HACK / "kwok-stages").glob("*.yaml"))
+    """kwok's stages: upstream ones copied next to the binaries by the build, and this repo's own
+    (one with an upstream file's name replaces it)."""
+    ours = sorted((HACK / "kwok-stages").glob("*.yaml"))
+    upstream = [s for s in sorted((bins.parent / "kwok-stages").glob("*.yaml")) if s.name not in {o.name for o in ours}]
+    return upstream + ours
 
 
 def fingerprint(bins: Path) -> str:
@@ -303,7 +306,8 @@ def up() -> None:
 def down(quiet: bool = False) -> None:
     (STATE / "ready").unlink(missing_ok=True)
     stopped = []
-    for name in reversed(COMPONENTS):
+    add_ons = sorted({p.stem for p in (STATE / "pids").glob("*.pid")} - set(COMPONENTS))  # e.g. kueue.py's
+    for name in [*add_ons, *reversed(COMPONENTS)]:
         pid = _running(name)
         if pid is not None:
             os.killpg(pid, signal.SIGTERM)

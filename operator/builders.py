@@ -37,6 +37,7 @@ ROLE_ROLLOUT = "rollout"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_TOTAL_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
+KUEUE_RETRIABLE_ANNOTATION = "kueue.x-k8s.io/retriable-in-group"  # "false": no replacements, the group ends
 
 # Ports, paths and identities.
 RENDEZVOUS_PORT = 29500
@@ -241,13 +242,26 @@ def pod_count(run: api.ReasoningRun) -> int:
     return run.spec.trainer.replicas + run.spec.rollout.replicas + 1
 
 
-def _pod_metadata(run: api.ReasoningRun, uid: str, name: str, role_: str, extra: dict[str, str]) -> dict[str, Any]:
+def kueue_group(name: str, resumes: int) -> str:
+    """The Kueue pod group of a queued run's pods: one per resumption, since a suspension ends the
+    previous group (Kueue never admits new pods into a finished group's Workload)."""
+    return f"{name}-{resumes}"
+
+
+def end_kueue_group() -> dict[str, Any]:
+    """The patch that tells Kueue a pod's group is over once its pods have ended, so it finishes the
+    Workload and releases the quota (without it Kueue waits for replacement pods)."""
+    return {"metadata": {"annotations": {KUEUE_RETRIABLE_ANNOTATION: "false"}}}
+
+
+def _pod_metadata(run: api.ReasoningRun, uid: str, name: str, role_: str, extra: dict[str, str],
+                  resumes: int) -> dict[str, Any]:
     spec = run.spec
     extra_labels = {LABEL_ROLE: role_, **extra}
     annotations = None
     if spec.queue_name:
         extra_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
-        extra_labels[KUEUE_GROUP_LABEL] = run.metadata.name
+        extra_labels[KUEUE_GROUP_LABEL] = kueue_group(run.metadata.name, resumes)
         annotations = {KUEUE_TOTAL_ANNOTATION: str(pod_count(run))}
     return _metadata(run, uid, name, extra_labels, annotations)
 
@@ -408,13 +422,14 @@ def trainer_env(run: api.ReasoningRun, rank: int) -> list[dict[str, Any]]:
     return [{"name": k, "value": v} for k, v in values.items()] + _token_env(name)
 
 
-def trainer_pod(run: api.ReasoningRun, uid: str, rank: int, attempt: int) -> dict[str, Any]:
+def trainer_pod(run: api.ReasoningRun, uid: str, rank: int, attempt: int, resumes: int = 0) -> dict[str, Any]:
     """Rank `rank` of gang attempt `attempt`; only rank 0 gets an API token (to write progress)."""
     name, trainer = run.metadata.name, run.spec.trainer
     if not 0 <= rank < trainer.replicas:
         raise ValueError(f"rank {rank} outside 0..{trainer.replicas - 1}")
     pod_name = trainer_pod_name(name, rank)
-    metadata = _pod_metadata(run, uid, pod_name, ROLE_TRAINER, {LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)})
+    metadata = _pod_metadata(run, uid, pod_name, ROLE_TRAINER, {LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)},
+                             resumes)
     data_volumes, data_mounts = _data_volumes(run)
     volumes = [{"name": "config", "configMap": {"name": config_map_name(name)}}] + data_volumes
     mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}] + data_mounts
@@ -433,10 +448,10 @@ def trainer_pod(run: api.ReasoningRun, uid: str, rank: int, attempt: int) -> dic
     return _pod(run, uid, metadata, container, volumes, restart_policy="Never", automount_token=rank == 0, extra=extra)
 
 
-def ray_head_pod(run: api.ReasoningRun, uid: str) -> dict[str, Any]:
+def ray_head_pod(run: api.ReasoningRun, uid: str, resumes: int = 0) -> dict[str, Any]:
     """Schedules nothing itself (no CPUs, no GPUs), so it fits anywhere the rollout pods' taints allow."""
     name, rollout = run.metadata.name, run.spec.rollout
-    metadata = _pod_metadata(run, uid, ray_head_name(name), ROLE_RAY_HEAD, {})
+    metadata = _pod_metadata(run, uid, ray_head_name(name), ROLE_RAY_HEAD, {}, resumes)
     container = {
         "name": "ray-head",
         "image": rollout.image,
@@ -484,9 +499,9 @@ def rollout_command(run: api.ReasoningRun) -> list[str]:
             "--disable-usage-stats", "--block"]
 
 
-def rollout_pod(run: api.ReasoningRun, uid: str, index: int) -> dict[str, Any]:
+def rollout_pod(run: api.ReasoningRun, uid: str, index: int, resumes: int = 0) -> dict[str, Any]:
     name, rollout = run.metadata.name, run.spec.rollout
-    metadata = _pod_metadata(run, uid, rollout_pod_name(name, index), ROLE_ROLLOUT, {LABEL_INDEX: str(index)})
+    metadata = _pod_metadata(run, uid, rollout_pod_name(name, index), ROLE_ROLLOUT, {LABEL_INDEX: str(index)}, resumes)
     container = {
         "name": "rollout",
         "image": rollout.image,

@@ -133,10 +133,12 @@ def _reconcile(namespace: str, name: str) -> None:
     try:
         body = custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
     except ApiException as e:
-        if e.status == 404:
-            return  # deleted meanwhile
+        if e.status == 404:  # deleted: the garbage collector deletes the pods
+            _end_kueue_groups(namespace, name)
+            return
         raise
     if body["metadata"].get("deletionTimestamp"):
+        _end_kueue_groups(namespace, name)
         return
     uid = body["metadata"]["uid"]
     live = validation.validate({k: v for k, v in body.items() if k != "status"}, source=f"{namespace}/{name}")
@@ -155,6 +157,9 @@ def _reconcile(namespace: str, name: str) -> None:
     if any(status.get(k) != v for k, v in p.status.items()):
         custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, api.PLURAL, name,
                                                      {"status": p.status})
+    if run.spec.queue_name and p.ends_group:  # first, so that no pod is gone before Kueue knows
+        for pod in p.delete:
+            _patch_pod(namespace, pod, builders.end_kueue_group())
     for pod in p.delete:
         try:
             core.delete_namespaced_pod(pod, namespace, grace_period_seconds=30)
@@ -163,16 +168,34 @@ def _reconcile(namespace: str, name: str) -> None:
                 raise
     for role, number in p.create:
         if role == builders.ROLE_TRAINER:
-            obj = builders.trainer_pod(run, uid, number, p.attempt)
+            obj = builders.trainer_pod(run, uid, number, p.attempt, p.resumes)
         elif role == builders.ROLE_ROLLOUT:
-            obj = builders.rollout_pod(run, uid, number)
+            obj = builders.rollout_pod(run, uid, number, p.resumes)
         else:
-            obj = builders.ray_head_pod(run, uid)
+            obj = builders.ray_head_pod(run, uid, p.resumes)
         _create(obj)
     for ev in p.events:
         kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
     _phases[(namespace, name)] = p.status["phase"]
     _publish_phases()
+
+
+def _end_kueue_groups(namespace: str, name: str) -> None:
+    """A deleted run's queued pods, deleted by the garbage collector, end their Kueue pod group:
+    Kueue then finishes its Workload, releases the quota and lets the pods go."""
+    listed = _clients["core"].list_namespaced_pod(namespace, label_selector=f"{builders.LABEL_RUN}={name},"
+                                                  f"{builders.KUEUE_GROUP_LABEL}").items
+    for pod in listed:
+        if pod.metadata.deletion_timestamp and (pod.metadata.annotations or {}).get(builders.KUEUE_RETRIABLE_ANNOTATION) != "false":
+            _patch_pod(namespace, pod.metadata.name, builders.end_kueue_group())
+
+
+def _patch_pod(namespace: str, name: str, patch: dict[str, Any]) -> None:
+    try:
+        _clients["core"].patch_namespaced_pod(name, namespace, patch)
+    except ApiException as e:
+        if e.status != 404:
+            raise
 
 
 def _frozen(live: api.ReasoningRun, uid: str) -> api.ReasoningRun:

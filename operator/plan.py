@@ -8,6 +8,8 @@ anywhere converges: the plan depends on nothing but what the API server holds.
 Gang restarts are ordered for that: the failed attempt's successor number is written to
 `status.restarts` first; pods of any other attempt are deleted; the new attempt's pods are created
 once their names are free. Whatever step a kill interrupts, the next plan finishes the job.
+Resuming a suspended run is ordered the same way: `status.resumes` is counted up first, and the
+new pods of a queued run form the Kueue pod group of that number.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class PodState:
     attempt: int
     phase: str  # the pod's phase: Pending, Running, Succeeded, Failed, Unknown
     scheduled: bool
+    gated: tuple[str, ...]  # scheduling gates still on the pod (Kueue's admission gate, while queued)
     ready: bool
     terminating: bool
     reason: str  # why it ended, when it did
@@ -46,7 +49,8 @@ class PodState:
         number = labels.get(LABEL_RANK if role == ROLE_TRAINER else LABEL_INDEX, "0")
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
         return cls(name=meta["name"], role=role, number=int(number), attempt=int(labels.get(LABEL_ATTEMPT, "0")),
-                   phase=status.get("phase", "Pending"), scheduled=bool(spec.get("nodeName")), ready=ready,
+                   phase=status.get("phase", "Pending"), scheduled=bool(spec.get("nodeName")),
+                   gated=tuple(g["name"] for g in spec.get("schedulingGates") or []), ready=ready,
                    terminating=bool(meta.get("deletionTimestamp")), reason=_ended_reason(status))
 
 
@@ -73,6 +77,8 @@ class Plan:
     create: list[tuple[str, int]] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)
     attempt: int = 0  # the trainer attempt new trainer pods belong to
+    resumes: int = 0  # resumptions so far: new pods of a queued run join Kueue pod group <run>-<resumes>
+    ends_group: bool = False  # the pods are deleted for good (suspended or finished), not replaced
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
 
@@ -82,11 +88,12 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
     status = dict(status or {})
     old_phase = status.get("phase") or "Pending"
     restarts = int(status.get("restarts") or 0)
+    resumes = int(status.get("resumes") or 0) + (1 if old_phase == "Suspended" and not spec.suspend else 0)
     states = [PodState.of(p) for p in pods]
     live = [s for s in states if not s.terminating]
     trainers = [s for s in states if s.role == ROLE_TRAINER]
     n_trainers, n_rollouts = spec.trainer.replicas, spec.rollout.replicas
-    p = Plan(attempt=restarts)
+    p = Plan(attempt=restarts, resumes=resumes)
     phase, message = old_phase, status.get("message") or ""
     taken = {s.name for s in states}
 
@@ -133,6 +140,7 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
                 phase, message = _active_phase(current, n_trainers, live, restarts)
 
     finished = phase in TERMINAL
+    p.ends_group = finished or phase == "Suspended"
     trainer_ready = sum(1 for s in live if s.role == ROLE_TRAINER and s.attempt == restarts and s.phase == "Running" and s.ready)
     rollout_ready = sum(1 for s in live if s.role == ROLE_ROLLOUT and s.phase == "Running" and s.ready)
     p.status = {
@@ -140,6 +148,7 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
         "message": message,
         "observedGeneration": generation,
         "restarts": restarts,
+        "resumes": resumes,
         "trainer": {"desired": n_trainers, "ready": trainer_ready},
         "rollout": {"desired": n_rollouts, "ready": rollout_ready, "selector": rollout_selector(name)},
         "conditions": conditions(status.get("conditions") or [], phase, message, generation, now),
@@ -159,6 +168,9 @@ def _active_phase(current: list[PodState], n_trainers: int, live: list[PodState]
     if any(s.scheduled for s in live if s.role != ROLE_TRAINER or s.attempt == restarts):
         waiting = n_trainers - len(running)
         return "Initializing", f"{len(running)}/{n_trainers} trainer pods running, {waiting} starting"
+    gates = sorted({g for s in live for g in s.gated})
+    if gates:
+        return "Pending", f"waiting for admission: {len([s for s in live if s.gated])} pods held by {', '.join(gates)}"
     return "Pending", "waiting for the pods to be scheduled"
 
 

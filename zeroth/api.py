@@ -527,6 +527,8 @@ class ReasoningRunStatus(Status):
     """Training progress."""
     restarts: int = 0
     """Gang restarts so far."""
+    resumes: int = 0
+    """Times the run was resumed after a suspension (each resumed run is a new Kueue pod group)."""
     start_time: datetime | None = None
     """When the run first started."""
     completion_time: datetime | None = None

@@ -237,7 +237,7 @@ ALLOWED = [
     "list reasoningruns.zeroth.dev -", "watch reasoningruns.zeroth.dev -", "get reasoningruns.zeroth.dev team-a",
     "get reasoningruns.zeroth.dev/status team-a", "patch reasoningruns.zeroth.dev/status team-a",
     "update reasoningruns.zeroth.dev/finalizers team-a",
-    "create pods -", "list pods -", "watch pods -", "delete pods team-a",
+    "create pods -", "list pods -", "watch pods -", "patch pods team-a", "delete pods team-a",
     "get configmaps team-a", "create configmaps team-a", "create secrets team-a", "create serviceaccounts team-a",
     "create services team-a", "create roles.rbac.authorization.k8s.io team-a",
     "create rolebindings.rbac.authorization.k8s.io team-a", "create networkpolicies.networking.k8s.io team-a",
@@ -257,7 +257,7 @@ DENIED = [
     "create serviceaccounts/token team-a", "impersonate users -", "impersonate groups -",
     "impersonate serviceaccounts team-a",
     # into pods
-    "create pods/exec team-a", "get pods/log team-a", "create pods/portforward team-a", "patch pods team-a",
+    "create pods/exec team-a", "get pods/log team-a", "create pods/portforward team-a",
     "update pods/status team-a", "create pods/eviction team-a",
     # the runs belong to their users
     "create reasoningruns.zeroth.dev team-a", "delete reasoningruns.zeroth.dev team-a",
@@ -321,7 +321,7 @@ def test_cluster_role_has_no_wildcards_and_nothing_on_nodes(cluster: Cluster, re
 
 def test_the_handlers_calls_succeed_with_the_service_accounts_token(crd: Cluster, release: Release, namespace: str, tmp_path: Path):
     """What operator/handlers.py does for a run, done with the operator's own token: every child
-    created (AlreadyExists the second time), the config read, pods listed and deleted, the status
+    created (AlreadyExists the second time), the config read, pods listed, annotated and deleted, the status
     patched, an Event posted; and what it must not do refused, RBAC's escalation check included."""
     crd.apply(minimal_manifest("rbac"), "-n", namespace)
     body = crd.get("rr/rbac", "-n", namespace)
@@ -349,6 +349,7 @@ def test_the_handlers_calls_succeed_with_the_service_accounts_token(crd: Cluster
         "involvedObject": {"apiVersion": f"{api.GROUP}/{api.VERSION}", "kind": "ReasoningRun", "name": "rbac",
                            "namespace": namespace, "uid": body["metadata"]["uid"]},
         "type": "Normal", "reason": "Pending", "message": "created", "source": {"component": "zeroth-operator"}}))
+    as_operator("patch", pods[0], "-n", namespace, "--type=merge", "-p", json.dumps(builders.end_kueue_group()))
     as_operator("delete", pods[0], "-n", namespace, "--wait=false")
 
     refused = [

@@ -275,12 +275,12 @@ def test_a_pod_monitor_where_the_prometheus_operator_api_is_served(crd, operator
 
 def test_a_queued_run_labels_every_pod_as_one_kueue_pod_group(crd, operator, namespace):
     """Kueue admits pods it has no integration for as a plain pod group: queue name and group name
-    labels, the group's total count annotation. (Kueue itself is not built here; see the README.)"""
+    labels, the group's total count annotation. (test_kueue.py has a real Kueue admit such groups.)"""
     c, ns = crd, namespace
     running(c, operator, ns, "queued", trainers=2, trainer_gpus=4, rollouts=2, rollout_gpus=1, queueName="team-a")
     pods = pods_of(c, ns, "queued")
     assert len(pods) == 5
     for p in pods:
         assert p["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
-        assert p["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] == "queued"
+        assert p["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] == "queued-0"  # <run>-<resumes>
         assert p["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] == "5"

@@ -412,9 +412,15 @@ def test_kueue_group_and_priority():
     for pod in pods:
         meta = pod["metadata"]
         assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
-        assert meta["labels"]["kueue.x-k8s.io/pod-group-name"] == "queued"
+        assert meta["labels"]["kueue.x-k8s.io/pod-group-name"] == "queued-0"
         assert meta["annotations"] == {"kueue.x-k8s.io/pod-group-total-count": "6"}
         assert pod["spec"]["priorityClassName"] == "training-high"
+    # a resumed run's pods are a new group (the suspension ended the first one)
+    run = CASES["queued"]
+    resumed = [builders.ray_head_pod(run, UID, resumes=2), builders.rollout_pod(run, UID, 0, resumes=2),
+               builders.trainer_pod(run, UID, 0, attempt=1, resumes=2)]
+    assert {p["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] for p in resumed} == {"queued-2"}
+    assert builders.end_kueue_group() == {"metadata": {"annotations": {"kueue.x-k8s.io/retriable-in-group": "false"}}}
 
 
 def test_math_example_is_one_kueue_group():

@@ -62,6 +62,19 @@ def test_a_new_run_creates_its_gang_head_and_fleet_and_is_pending():
     assert conds == {"Ready": "False", "Progressing": "True", "Suspended": "False", "Succeeded": "False", "Failed": "False"}
 
 
+def test_pods_held_by_kueue_admission_gate_say_so_in_the_pending_message():
+    gated = gang(phase="Pending", node=None)
+    for q in gated:
+        q["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
+    p = planning.plan(RUN, spec(), {"phase": "Pending"}, 1, gated, NOW)
+    assert p.status["phase"] == "Pending"
+    assert p.status["message"] == "waiting for admission: 5 pods held by kueue.x-k8s.io/admission"
+    for q in gated:  # admitted: the gates are gone, the scheduler has not bound them yet
+        del q["spec"]["schedulingGates"]
+    p = planning.plan(RUN, spec(), {"phase": "Pending"}, 1, gated, NOW)
+    assert p.status["message"] == "waiting for the pods to be scheduled"
+
+
 def test_pending_then_initializing_then_running_with_events():
     unscheduled = gang(phase="Pending", node=None)
     p = planning.plan(RUN, spec(), {"phase": "Pending"}, 1, unscheduled, NOW)
@@ -151,12 +164,27 @@ def test_backoff_limit_zero_fails_on_the_first_failure():
 def test_suspend_deletes_every_pod_and_resume_recreates_them():
     p = planning.plan(RUN, spec(suspend=True), {"phase": "Running", "restarts": 1}, 2, gang(attempt=1), NOW)
     assert p.status["phase"] == "Suspended" and p.create == []
-    assert len(p.delete) == 5
+    assert len(p.delete) == 5 and p.ends_group  # for good: a queued run's Kueue group ends here
     assert {c["type"]: c["status"] for c in p.status["conditions"]}["Suspended"] == "True"
+    assert p.status["resumes"] == 0
     p = planning.plan(RUN, spec(), p.status, 3, [], NOW)
     assert p.status["phase"] == "Pending" and p.attempt == 1 and p.status["restarts"] == 1
     assert sorted(p.create) == [("ray-head", 0), ("rollout", 0), ("rollout", 1), ("trainer", 0), ("trainer", 1)]
     assert [(e.type, e.reason) for e in p.events] == [("Normal", "Pending")]
+    assert p.status["resumes"] == p.resumes == 1 and not p.ends_group
+    # counted once: the next plan (the status written, pods not created yet) keeps the number
+    p = planning.plan(RUN, spec(), p.status, 3, [], NOW)
+    assert p.resumes == 1 and len(p.create) == 5
+
+
+def test_a_gang_restart_replaces_pods_within_the_group_and_a_finished_run_ends_it():
+    pods = gang()
+    pods[0]["status"]["phase"] = "Failed"
+    p = planning.plan(RUN, spec(), {"phase": "Running"}, 1, pods, NOW)
+    assert p.status["restarts"] == 1 and p.delete and not p.ends_group
+    p = planning.plan(RUN, spec(), {"phase": "Running"}, 1, gang(phase="Succeeded"), NOW)
+    assert p.status["phase"] == "Succeeded" and p.ends_group
+    assert sorted(p.delete) == ["demo-ray-head", "demo-rollout-0", "demo-rollout-1"]
 
 
 @pytest.mark.parametrize(("before", "after", "create", "delete"), [
