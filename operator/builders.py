@@ -71,8 +71,15 @@ def trainer_service_name(name: str) -> str:
     return f"{name}-trainer"
 
 
-def trainer_pod_name(name: str, rank: int) -> str:
+def trainer_hostname(name: str, rank: int) -> str:
+    """Rank `rank`'s stable host name under the headless Service, whatever the attempt."""
     return f"{name}-trainer-{rank}"
+
+
+def trainer_pod_name(name: str, rank: int, attempt: int = 0) -> str:
+    """The host name for the first attempt; later attempts add their number, so that a new gang
+    never waits for an old pod's name (Kueue keeps a failed pod until its replacement exists)."""
+    return trainer_hostname(name, rank) + (f"-{attempt}" if attempt else "")
 
 
 def ray_head_name(name: str) -> str:
@@ -86,7 +93,7 @@ def rollout_pod_name(name: str, index: int) -> str:
 
 def master_addr(name: str, namespace: str) -> str:
     """Rank 0's stable DNS name, through the headless Service."""
-    return f"{trainer_pod_name(name, 0)}.{trainer_service_name(name)}.{namespace}.svc"
+    return f"{trainer_hostname(name, 0)}.{trainer_service_name(name)}.{namespace}.svc"
 
 
 def ray_address(name: str, namespace: str) -> str:
@@ -427,7 +434,7 @@ def trainer_pod(run: api.ReasoningRun, uid: str, rank: int, attempt: int, resume
     name, trainer = run.metadata.name, run.spec.trainer
     if not 0 <= rank < trainer.replicas:
         raise ValueError(f"rank {rank} outside 0..{trainer.replicas - 1}")
-    pod_name = trainer_pod_name(name, rank)
+    pod_name = trainer_pod_name(name, rank, attempt)
     metadata = _pod_metadata(run, uid, pod_name, ROLE_TRAINER, {LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)},
                              resumes)
     data_volumes, data_mounts = _data_volumes(run)
@@ -444,7 +451,7 @@ def trainer_pod(run: api.ReasoningRun, uid: str, rank: int, attempt: int, resume
         "resources": _resources(trainer, trainer.gpus_per_replica),
         "volumeMounts": mounts,
     }
-    extra = {"hostname": pod_name, "subdomain": trainer_service_name(name), **_placement(trainer, trainer.gpus_per_replica)}
+    extra = {"hostname": trainer_hostname(name, rank), "subdomain": trainer_service_name(name), **_placement(trainer, trainer.gpus_per_replica)}
     return _pod(run, uid, metadata, container, volumes, restart_policy="Never", automount_token=rank == 0, extra=extra)
 
 

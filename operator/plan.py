@@ -6,8 +6,9 @@ only carry it out, so every decision here is unit-tested without a cluster, and 
 anywhere converges: the plan depends on nothing but what the API server holds.
 
 Gang restarts are ordered for that: the failed attempt's successor number is written to
-`status.restarts` first; pods of any other attempt are deleted; the new attempt's pods are created
-once their names are free. Whatever step a kill interrupts, the next plan finishes the job.
+`status.restarts` first; pods of any other attempt are deleted; the new attempt's pods (named with
+the attempt's number) are created once every older one has ended. Whatever step a kill interrupts,
+the next plan finishes the job.
 Resuming a suspended run is ordered the same way: `status.resumes` is counted up first, and the
 new pods of a queued run form the Kueue pod group of that number.
 """
@@ -129,7 +130,11 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
                 phase, message = "Succeeded", f"finished: {n_trainers} trainer pods completed"
                 delete(lambda s: s.role != ROLE_TRAINER)
             else:
-                p.create += [(ROLE_TRAINER, r) for r in range(n_trainers) if trainer_pod_name(name, r) not in taken]
+                # a new attempt starts once no process of an older one runs (each rank's host name
+                # must lead to one pod only); terminal pods may stay, Kueue holds them until then
+                if not any(s.role == ROLE_TRAINER and s.attempt != restarts and s.phase not in TERMINAL for s in states):
+                    p.create += [(ROLE_TRAINER, r) for r in range(n_trainers)
+                                 if trainer_pod_name(name, r, restarts) not in taken]
                 # the head and rollout pods restart themselves (restartPolicy Always); replace any that ended
                 delete(lambda s: s.role in (ROLE_RAY_HEAD, ROLE_ROLLOUT) and s.phase in TERMINAL)
                 delete(lambda s: s.role == ROLE_ROLLOUT and s.number >= n_rollouts)

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, Cluster, Operator
-from tests.integration.test_operator import live, phase_is, pods_of, run_manifest, run_of, wait_for
+from tests.integration.test_operator import EXIT_ZERO, FAIL, live, phase_is, pods_of, run_manifest, run_of, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -97,6 +97,12 @@ def group_gpus(workload: dict) -> int:
     return total
 
 
+def gpus_in_use(c: Cluster, ns: str) -> str | None:
+    """The GPUs the test's ClusterQueue counts as used (its status catches up on its own time)."""
+    cq = c.get("clusterqueue", f"cq-{ns}")
+    return {r["name"]: r["total"] for f in cq["status"].get("flavorsUsage") or [] for r in f["resources"]}.get(GPU)
+
+
 def test_kueue_holds_the_whole_gang_until_it_fits_then_admits_it_at_once(kueue, operator, namespace, queue):
     c, ns = kueue, namespace
     queue(5)  # one GPU short of the gang: 2 trainers x 2 + 2 rollout workers x 1
@@ -127,11 +133,7 @@ def test_kueue_holds_the_whole_gang_until_it_fits_then_admits_it_at_once(kueue, 
         assert not p["spec"].get("schedulingGates"), p["metadata"]["name"]
         node, role = p["spec"]["nodeName"], p["metadata"]["labels"]["zeroth.dev/role"]
         assert node.startswith("gpu-" if role in ("trainer", "rollout") else "cpu-"), (p["metadata"]["name"], node)
-
-    def gpus_in_use():  # the ClusterQueue's status catches up on its own time
-        cq = c.get("clusterqueue", f"cq-{ns}")
-        return {r["name"]: r["total"] for f in cq["status"].get("flavorsUsage") or [] for r in f["resources"]}.get(GPU)
-    wait_for("the ClusterQueue to count 6 GPUs in use", lambda: gpus_in_use() == "6")
+    wait_for("the ClusterQueue to count 6 GPUs in use", lambda: gpus_in_use(c, ns) == "6")
 
 
 def test_a_second_run_waits_whole_and_is_admitted_when_the_first_is_suspended(kueue, operator, namespace, queue):
@@ -164,3 +166,40 @@ def test_a_second_run_waits_whole_and_is_admitted_when_the_first_is_suspended(ku
     c.kubectl("delete", "reasoningrun", "second", "-n", ns)
     wait_for("first Running again", phase_is(c, ns, "first", "Running"), timeout=90, operator=operator)
     wait_for("second's pods gone", lambda: not pods_of(c, ns, "second"))
+
+
+def test_a_gang_restart_stays_admitted_and_success_releases_the_quota(kueue, operator, namespace, queue):
+    c, ns = kueue, namespace
+    queue(6)
+    c.apply(run_manifest("flaky", trainers=2, trainer_gpus=2, rollouts=2, rollout_gpus=1, queueName="team-a",
+                         backoffLimit=2), "-n", ns)
+    wait_for("flaky Running", phase_is(c, ns, "flaky", "Running"), operator=operator)
+    admitted = wait_for("the Workload admitted", lambda: (w := workload_of(c, ns, "flaky")) and _condition(w, "Admitted") == "True" and w)
+
+    # one trainer fails: the new attempt's pods replace the old ones inside the admitted group, with
+    # no new queueing (the quota was never given back)
+    c.kubectl("label", "pod", "flaky-trainer-1", "-n", ns, f"{FAIL}=true")
+
+    def restarted():
+        trainers = live(pods_of(c, ns, "flaky", "trainer"))
+        status = run_of(c, ns, "flaky")["status"]
+        return (status["restarts"] == 1 and status["phase"] == "Running" and len(trainers) == 2
+                and all(p["metadata"]["labels"]["zeroth.dev/attempt"] == "1" for p in trainers))
+    wait_for("the gang restarted and Running", restarted, operator=operator)
+    w = workload_of(c, ns, "flaky")
+    assert w["metadata"]["uid"] == admitted["metadata"]["uid"] and _condition(w, "Admitted") == "True"
+    assert _condition(w, "Evicted") != "True"
+    wait_for("the failed attempt's pods gone", lambda: len(pods_of(c, ns, "flaky", "trainer")) == 2)  # Kueue let go
+
+    # every trainer exits 0: the run Succeeded, its Ray pods end the group, Kueue finishes the
+    # Workload and the ClusterQueue's GPUs are free again
+    for p in live(pods_of(c, ns, "flaky", "trainer")):
+        c.kubectl("label", "pod", p["metadata"]["name"], "-n", ns, f"{EXIT_ZERO}=0")
+    wait_for("flaky Succeeded", phase_is(c, ns, "flaky", "Succeeded"), operator=operator)
+
+    def finished():
+        items = [x for x in c.get("workloads", "-n", ns)["items"] if x["metadata"]["uid"] == admitted["metadata"]["uid"]]
+        return not items or _condition(items[0], "Finished") == "True"
+    wait_for("the Workload finished", finished)
+    wait_for("the ClusterQueue's GPUs free", lambda: gpus_in_use(c, ns) == "0")
+    assert sorted(p["metadata"]["name"] for p in pods_of(c, ns, "flaky")) == ["flaky-trainer-0-1", "flaky-trainer-1-1"]

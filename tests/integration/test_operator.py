@@ -172,15 +172,17 @@ def test_a_failed_trainer_restarts_the_gang_then_backoff_limit_fails_the_run(crd
     assert status["restarts"] == 1
     assert ("Warning", "GangRestart") in events_of(c, ns, "flaky")
 
-    c.kubectl("label", "pod", "flaky-trainer-0", "-n", ns, f"{FAIL}=true")
+    assert sorted(p["metadata"]["name"] for p in gang) == ["flaky-trainer-0-1", "flaky-trainer-1-1"]  # attempt 1
+
+    c.kubectl("label", "pod", "flaky-trainer-0-1", "-n", ns, f"{FAIL}=true")
     status = wait_for("Failed", phase_is(c, ns, "flaky", "Failed"), operator=operator)
     assert status["restarts"] == 1 and status["completionTime"]
-    assert "flaky-trainer-0 failed" in status["message"] and "backoff limit of 1" in status["message"]
+    assert "flaky-trainer-0-1 failed" in status["message"] and "backoff limit of 1" in status["message"]
     assert {cond["type"]: cond["status"] for cond in status["conditions"]}["Failed"] == "True"
     assert ("Warning", "Failed") in events_of(c, ns, "flaky")
     # every pod that still ran is deleted, the GPUs freed; the failed pod stays for its logs
     wait_for("only the failed trainer pod left", lambda: [p["metadata"]["name"] for p in live(pods_of(c, ns, "flaky"))] == [
-        "flaky-trainer-0"], operator=operator)
+        "flaky-trainer-0-1"], operator=operator)
 
 
 def test_the_run_succeeds_when_every_trainer_exits_zero(crd, operator, namespace):

@@ -137,7 +137,7 @@ def test_children_of_the_tiny_example():
         ("Service", "countdown-tiny-trainer"), ("Service", "countdown-tiny-ray-head"),
         ("NetworkPolicy", "countdown-tiny"), ("PodMonitor", "countdown-tiny"),
         ("Pod", "countdown-tiny-ray-head"), ("Pod", "countdown-tiny-rollout-0"), ("Pod", "countdown-tiny-rollout-1"),
-        ("Pod", "countdown-tiny-trainer-0"), ("Pod", "countdown-tiny-trainer-1"),
+        ("Pod", "countdown-tiny-trainer-0-3"), ("Pod", "countdown-tiny-trainer-1-3"),
     ]
     without = builders.children(CASES["countdown-tiny"], UID, token=TOKEN, attempt=3, pod_monitor=False)
     assert "PodMonitor" not in [o["kind"] for o in without] and len(without) == len(objects) - 1
@@ -151,8 +151,8 @@ def test_pod_labels_per_role():
         "countdown-tiny-ray-head": {"zeroth.dev/role": "ray-head"},
         "countdown-tiny-rollout-0": {"zeroth.dev/role": "rollout", "zeroth.dev/index": "0"},
         "countdown-tiny-rollout-1": {"zeroth.dev/role": "rollout", "zeroth.dev/index": "1"},
-        "countdown-tiny-trainer-0": {"zeroth.dev/role": "trainer", "zeroth.dev/rank": "0", "zeroth.dev/attempt": "3"},
-        "countdown-tiny-trainer-1": {"zeroth.dev/role": "trainer", "zeroth.dev/rank": "1", "zeroth.dev/attempt": "3"},
+        "countdown-tiny-trainer-0-3": {"zeroth.dev/role": "trainer", "zeroth.dev/rank": "0", "zeroth.dev/attempt": "3"},
+        "countdown-tiny-trainer-1-3": {"zeroth.dev/role": "trainer", "zeroth.dev/rank": "1", "zeroth.dev/attempt": "3"},
     }
     assert builders.rollout_selector("countdown-tiny") == "zeroth.dev/run=countdown-tiny,zeroth.dev/role=rollout"
 
@@ -291,7 +291,10 @@ def test_trainer_commands():
 def test_trainer_pod_identity():
     pod = builders.trainer_pod(CASES["gpu"], UID, 1, attempt=2)
     spec, (c,) = pod["spec"], pod["spec"]["containers"]
-    assert (pod["metadata"]["name"], spec["hostname"], spec["subdomain"]) == ("gpu-run-trainer-1", "gpu-run-trainer-1", "gpu-run-trainer")
+    # a later attempt's pod is named after its attempt; its host name (DNS through the headless
+    # Service) is the rank's, whatever the attempt
+    assert (pod["metadata"]["name"], spec["hostname"], spec["subdomain"]) == ("gpu-run-trainer-1-2", "gpu-run-trainer-1", "gpu-run-trainer")
+    assert builders.trainer_pod(CASES["gpu"], UID, 1, attempt=0)["metadata"]["name"] == "gpu-run-trainer-1"
     assert spec["restartPolicy"] == "Never"
     assert c["ports"] == [{"name": "rendezvous", "containerPort": 29500, "protocol": "TCP"},
                           {"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]

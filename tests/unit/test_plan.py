@@ -114,27 +114,36 @@ def test_one_failed_trainer_restarts_the_whole_gang_counting_first():
     p = planning.plan(RUN, spec(), {"phase": "Running", "restarts": 0}, 1, pods, NOW)
     assert p.status["restarts"] == 1 and p.attempt == 1
     assert sorted(p.delete) == [f"{RUN}-trainer-0", f"{RUN}-trainer-1"]  # the whole gang, not the fleet
-    assert not any(role == "trainer" for role, _ in p.create)  # their names are still taken
+    assert not any(role == "trainer" for role, _ in p.create)  # rank 0 of the old attempt still runs
     assert [(e.type, e.reason) for e in p.events][0] == ("Warning", "GangRestart")
     assert "demo-trainer-1 failed (exit code 137 (Error))" in p.events[0].message
     assert "restart 1 of 3" in p.events[0].message
 
 
-def test_after_a_restart_old_pods_are_deleted_and_new_ones_created_once_names_are_free():
+def test_after_a_restart_old_pods_are_deleted_and_new_ones_created_once_the_old_have_ended():
     status = {"phase": "Running", "restarts": 1}
     # the operator died after writing restarts=1 but before deleting: the next plan deletes, without counting again
     stale = gang(attempt=0)
     p = planning.plan(RUN, spec(), status, 1, stale, NOW)
     assert p.status["restarts"] == 1
     assert sorted(p.delete) == [f"{RUN}-trainer-0", f"{RUN}-trainer-1"]
-    # still terminating: nothing created, nothing deleted twice
+    # still terminating, their processes still running: nothing created, nothing deleted twice
     terminating = [pod(f"{RUN}-trainer-{r}", "trainer", r, 0, terminating=True) for r in range(2)] + gang()[2:]
     p = planning.plan(RUN, spec(), status, 1, terminating, NOW)
     assert p.delete == [] and p.create == []
-    # gone: the new attempt's pods
+    # ended but kept (a finalizer: Kueue's, until the replacements exist): the new attempt's pods,
+    # under names of their own
+    ended = [pod(f"{RUN}-trainer-{r}", "trainer", r, 0, "Failed", terminating=True) for r in range(2)] + gang()[2:]
+    p = planning.plan(RUN, spec(), status, 1, ended, NOW)
+    assert sorted(p.create) == [("trainer", 0), ("trainer", 1)] and p.attempt == 1 and p.delete == []
+    # gone: the same
     p = planning.plan(RUN, spec(), status, 1, gang()[2:], NOW)
     assert sorted(p.create) == [("trainer", 0), ("trainer", 1)] and p.attempt == 1
     assert p.status["phase"] == "Initializing"
+    # created: nothing more to do
+    now = [pod(f"{RUN}-trainer-{r}-1", "trainer", r, 1, "Pending", node=None) for r in range(2)] + gang()[2:]
+    p = planning.plan(RUN, spec(), status, 1, now, NOW)
+    assert p.create == [] and p.delete == []
 
 
 def test_backoff_limit_reached_fails_the_run_and_frees_everything():
