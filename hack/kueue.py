@@ -35,6 +35,8 @@ NAMESPACE = "kueue-system"
 PORTS = {"webhook": 26910, "health": 26911, "metrics": 26912, "visibility": 26913}
 WEBHOOKS = {"mutating": "kueue-mutating-webhook-configuration", "validating": "kueue-validating-webhook-configuration"}
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+MANAGED_NAMESPACES = {"matchExpressions": [  # Kueue's recommended default: every namespace but the system's
+    {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", NAMESPACE]}]}
 STATE = cluster.STATE / "kueue"
 
 
@@ -66,8 +68,7 @@ def configuration(certs: Path) -> dict:
         "leaderElection": {"leaderElect": False},
         "internalCertManagement": {"enable": False},
         "manageJobsWithoutQueueName": False,
-        "managedJobsNamespaceSelector": {"matchExpressions": [
-            {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", NAMESPACE]}]},
+        "managedJobsNamespaceSelector": MANAGED_NAMESPACES,
         "integrations": {"frameworks": ["pod"]},
         "featureGates": {"VisibilityOnDemand": False},
     }
@@ -90,7 +91,7 @@ def webhook_configurations(bins: Path, manifests: Path, ca_bundle: str) -> list[
             hook["clientConfig"] = {"url": f"https://127.0.0.1:{PORTS['webhook']}{path}", "caBundle": ca_bundle}
             if path.endswith("-v1-pod"):
                 hook["objectSelector"] = {"matchExpressions": [{"key": QUEUE_LABEL, "operator": "Exists"}]}
-                hook["namespaceSelector"] = configuration(Path())["managedJobsNamespaceSelector"]
+                hook["namespaceSelector"] = MANAGED_NAMESPACES
             hooks.append(hook)
         doc["metadata"] = {"name": name}
         doc["webhooks"] = hooks
