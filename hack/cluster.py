@@ -303,11 +303,10 @@ def up() -> None:
     log(f"up in {time.monotonic() - t0:.1f}s: {CPU_NODES} CPU and {GPU_NODES} GPU kwok nodes; KUBECONFIG={kubeconfig()}")
 
 
-def down(quiet: bool = False) -> None:
-    (STATE / "ready").unlink(missing_ok=True)
+def stop(names: list[str]) -> list[str]:
+    """SIGTERM to each process group started by `start`, SIGKILL after 15 s; returns what ran."""
     stopped = []
-    add_ons = sorted({p.stem for p in (STATE / "pids").glob("*.pid")} - set(COMPONENTS))  # e.g. kueue.py's
-    for name in [*add_ons, *reversed(COMPONENTS)]:
+    for name in names:
         pid = _running(name)
         if pid is not None:
             os.killpg(pid, signal.SIGTERM)
@@ -319,8 +318,15 @@ def down(quiet: bool = False) -> None:
             time.sleep(0.1)
         if _alive(pid):
             os.killpg(pid, signal.SIGKILL)
+    return [n for n, _ in stopped]
+
+
+def down(quiet: bool = False) -> None:
+    (STATE / "ready").unlink(missing_ok=True)
+    add_ons = sorted({p.stem for p in (STATE / "pids").glob("*.pid")} - set(COMPONENTS))  # e.g. kueue.py's
+    stopped = stop([*add_ons, *reversed(COMPONENTS)])
     if not quiet or stopped:
-        log(f"stopped {', '.join(n for n, _ in stopped) or 'nothing (none running)'}")
+        log(f"stopped {', '.join(stopped) or 'nothing (none running)'}")
 
 
 def env() -> None:
@@ -328,10 +334,11 @@ def env() -> None:
     print(f"export PATH={bin_dir()}:$PATH")
 
 
-def main(argv: list[str]) -> int:
-    commands = {"up": up, "down": down, "env": env}
+def main(argv: list[str], commands: dict | None = None, doc: str | None = __doc__) -> int:
+    """`python <script> COMMAND`: this script's commands, or another hack/ script's."""
+    commands = commands or {"up": up, "down": down, "env": env}
     if len(argv) != 2 or argv[1] not in commands:
-        print(__doc__, file=sys.stderr)
+        print(doc, file=sys.stderr)
         return 2
     commands[argv[1]]()
     return 0

@@ -22,7 +22,6 @@ import base64
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -147,26 +146,10 @@ def down(quiet: bool = False, bins: Path | None = None) -> None:
     if cluster.is_up():
         for kind, name in WEBHOOKS.items():
             cluster.kubectl(bins, "delete", f"{kind}webhookconfiguration", name, "--ignore-not-found")
-    pid = cluster._running("kueue")
-    if pid is not None:
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while cluster._alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if cluster._alive(pid):
-            os.killpg(pid, signal.SIGKILL)
-    if not quiet or pid is not None:
-        cluster.log("kueue stopped" if pid is not None else "kueue: not running")
-
-
-def main(argv: list[str]) -> int:
-    commands = {"up": up, "down": down}
-    if len(argv) != 2 or argv[1] not in commands:
-        print(__doc__, file=sys.stderr)
-        return 2
-    commands[argv[1]]()
-    return 0
+    stopped = cluster.stop(["kueue"])
+    if not quiet or stopped:
+        cluster.log("kueue stopped" if stopped else "kueue: not running")
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(cluster.main(sys.argv, {"up": up, "down": down}, __doc__))
