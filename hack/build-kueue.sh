@@ -11,7 +11,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 KUEUE_VERSION=0.17.0  # built against client-go v0.35; the control plane (hack/versions.env) is 1.36
 # shellcheck source=hack/goenv.sh
 source "$here/goenv.sh"
-key=$(cat "$here/build-kueue.sh" | sha256sum | cut -c1-12)
+key=$(sha256sum < "$here/build-kueue.sh" | cut -c1-12)
 out=$ZEROTH_CACHE/kueue/$KUEUE_VERSION-$key
 if [ -f "$out/.complete" ]; then echo "$out"; exit 0; fi
 log() { echo "[build-kueue] $*" >&2; }

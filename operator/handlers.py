@@ -166,13 +166,14 @@ def _reconcile(namespace: str, name: str) -> None:
         except ApiException as e:
             if e.status != 404:
                 raise
+    attempt, resumes = p.status["restarts"], p.status["resumes"]
     for role, number in p.create:
         if role == builders.ROLE_TRAINER:
-            obj = builders.trainer_pod(run, uid, number, p.attempt, p.resumes)
+            obj = builders.trainer_pod(run, uid, number, attempt, resumes)
         elif role == builders.ROLE_ROLLOUT:
-            obj = builders.rollout_pod(run, uid, number, p.resumes)
+            obj = builders.rollout_pod(run, uid, number, resumes)
         else:
-            obj = builders.ray_head_pod(run, uid, p.resumes)
+            obj = builders.ray_head_pod(run, uid, resumes)
         _create(obj)
     for ev in p.events:
         kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)

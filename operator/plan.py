@@ -9,6 +9,7 @@ Gang restarts are ordered for that: the failed attempt's successor number is wri
 `status.restarts` first; pods of any other attempt are deleted; the new attempt's pods (named with
 the attempt's number) are created once every older one has ended. Whatever step a kill interrupts,
 the next plan finishes the job.
+
 Resuming a suspended run is ordered the same way: `status.resumes` is counted up first, and the
 new pods of a queued run form the Kueue pod group of that number.
 """
@@ -73,12 +74,12 @@ class Event:
 
 @dataclass
 class Plan:
-    """What to do: create pods (role, number), delete pods by name, patch status, post events."""
+    """What to do: create pods (role, number), delete pods by name, patch status, post events. New
+    trainer pods belong to attempt `status["restarts"]`; a queued run's new pods to Kueue pod group
+    `<run>-<status["resumes"]>`."""
 
     create: list[tuple[str, int]] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)
-    attempt: int = 0  # the trainer attempt new trainer pods belong to
-    resumes: int = 0  # resumptions so far: new pods of a queued run join Kueue pod group <run>-<resumes>
     ends_group: bool = False  # the pods are deleted for good (suspended or finished), not replaced
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
@@ -94,7 +95,7 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
     live = [s for s in states if not s.terminating]
     trainers = [s for s in states if s.role == ROLE_TRAINER]
     n_trainers, n_rollouts = spec.trainer.replicas, spec.rollout.replicas
-    p = Plan(attempt=restarts, resumes=resumes)
+    p = Plan()
     phase, message = old_phase, status.get("message") or ""
     taken = {s.name for s in states}
 
@@ -119,7 +120,6 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
             if failed:
                 first = failed[0]
                 restarts += 1
-                p.attempt = restarts
                 p.events.append(Event("Warning", "GangRestart",
                                       f"trainer pod {first.name} failed ({first.reason or 'no reason given'}): restarting "
                                       f"the trainer gang from the last checkpoint (restart {restarts} of "

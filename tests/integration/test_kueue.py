@@ -63,15 +63,9 @@ def queue(kueue: Cluster, operator: Operator, namespace: str):
     c.kubectl("delete", "clusterqueue", cq, "--wait=false", check=False)
 
 
-def workload_of(c: Cluster, ns: str, run: str) -> dict | None:
-    """The Workload Kueue made for the run's pod group (it is named after the group)."""
-    items = [w for w in c.get("workloads", "-n", ns)["items"] if w["metadata"]["name"].startswith(run)]
-    live_ones = [w for w in items if not _finished(w)]
-    return live_ones[0] if len(live_ones) == 1 else None
-
-
-def _finished(w: dict) -> bool:
-    return _condition(w, "Finished") == "True"
+def workload_of(c: Cluster, ns: str, group: str) -> dict | None:
+    """The Workload Kueue made for a pod group: Kueue names it after the group."""
+    return next((w for w in c.get("workloads", "-n", ns)["items"] if w["metadata"]["name"] == group), None)
 
 
 def _condition(obj: dict, kind: str) -> str | None:
@@ -113,7 +107,7 @@ def test_kueue_holds_the_whole_gang_until_it_fits_then_admits_it_at_once(kueue, 
         assert p["metadata"]["labels"]["kueue.x-k8s.io/managed"] == "true"  # Kueue's webhook took the pod
 
     def pending_for_quota():
-        w = workload_of(c, ns, "gang")
+        w = workload_of(c, ns, "gang-0")
         return w if w and _condition(w, "QuotaReserved") == "False" and "insufficient" in \
             next(x["message"] for x in w["status"]["conditions"] if x["type"] == "QuotaReserved") else None
     w = wait_for("the Workload to wait for quota", pending_for_quota, operator=operator)
@@ -127,7 +121,7 @@ def test_kueue_holds_the_whole_gang_until_it_fits_then_admits_it_at_once(kueue, 
 
     queue(6)  # now the whole gang fits
     wait_for("gang Running", phase_is(c, ns, "gang", "Running"), operator=operator)
-    w = wait_for("the Workload admitted", lambda: (x := workload_of(c, ns, "gang")) and _condition(x, "Admitted") == "True" and x)
+    w = wait_for("the Workload admitted", lambda: (x := workload_of(c, ns, "gang-0")) and _condition(x, "Admitted") == "True" and x)
     assert sum(a["count"] for a in w["status"]["admission"]["podSetAssignments"]) == 5
     for p in pods_of(c, ns, "gang"):
         assert not p["spec"].get("schedulingGates"), p["metadata"]["name"]
@@ -146,7 +140,7 @@ def test_a_second_run_waits_whole_and_is_admitted_when_the_first_is_suspended(ku
     c.apply(run_manifest("second", trainers=1, trainer_gpus=4, rollouts=2, rollout_gpus=1, queueName="team-a"), "-n", ns)
     wait_for("second's 4 pods gated", gated(c, ns, "second", 4), operator=operator)
     wait_for("second's Workload waiting for quota",
-             lambda: (w := workload_of(c, ns, "second")) and _condition(w, "QuotaReserved") == "False")
+             lambda: (w := workload_of(c, ns, "second-0")) and _condition(w, "QuotaReserved") == "False")
     assert run_of(c, ns, "second")["status"]["phase"] == "Pending"
 
     # suspending the first run deletes its pods and ends its pod group: Kueue finishes the group's
@@ -174,7 +168,7 @@ def test_a_gang_restart_stays_admitted_and_success_releases_the_quota(kueue, ope
     c.apply(run_manifest("flaky", trainers=2, trainer_gpus=2, rollouts=2, rollout_gpus=1, queueName="team-a",
                          backoffLimit=2), "-n", ns)
     wait_for("flaky Running", phase_is(c, ns, "flaky", "Running"), operator=operator)
-    admitted = wait_for("the Workload admitted", lambda: (w := workload_of(c, ns, "flaky")) and _condition(w, "Admitted") == "True" and w)
+    admitted = wait_for("the Workload admitted", lambda: (w := workload_of(c, ns, "flaky-0")) and _condition(w, "Admitted") == "True" and w)
 
     # one trainer fails: the new attempt's pods replace the old ones inside the admitted group, with
     # no new queueing (the quota was never given back)
@@ -186,7 +180,7 @@ def test_a_gang_restart_stays_admitted_and_success_releases_the_quota(kueue, ope
         return (status["restarts"] == 1 and status["phase"] == "Running" and len(trainers) == 2
                 and all(p["metadata"]["labels"]["zeroth.dev/attempt"] == "1" for p in trainers))
     wait_for("the gang restarted and Running", restarted, operator=operator)
-    w = workload_of(c, ns, "flaky")
+    w = workload_of(c, ns, "flaky-0")
     assert w["metadata"]["uid"] == admitted["metadata"]["uid"] and _condition(w, "Admitted") == "True"
     assert _condition(w, "Evicted") != "True"
     wait_for("the failed attempt's pods gone", lambda: len(pods_of(c, ns, "flaky", "trainer")) == 2)  # Kueue let go
@@ -197,9 +191,6 @@ def test_a_gang_restart_stays_admitted_and_success_releases_the_quota(kueue, ope
         c.kubectl("label", "pod", p["metadata"]["name"], "-n", ns, f"{EXIT_ZERO}=0")
     wait_for("flaky Succeeded", phase_is(c, ns, "flaky", "Succeeded"), operator=operator)
 
-    def finished():
-        items = [x for x in c.get("workloads", "-n", ns)["items"] if x["metadata"]["uid"] == admitted["metadata"]["uid"]]
-        return not items or _condition(items[0], "Finished") == "True"
-    wait_for("the Workload finished", finished)
+    wait_for("the Workload finished", lambda: (w := workload_of(c, ns, "flaky-0")) is None or _condition(w, "Finished") == "True")
     wait_for("the ClusterQueue's GPUs free", lambda: gpus_in_use(c, ns) == "0")
     assert sorted(p["metadata"]["name"] for p in pods_of(c, ns, "flaky")) == ["flaky-trainer-0-1", "flaky-trainer-1-1"]

@@ -52,7 +52,7 @@ def gang(attempt: int = 0, trainers: int = 2, rollouts: int = 2, phase: str = "R
 def test_a_new_run_creates_its_gang_head_and_fleet_and_is_pending():
     p = planning.plan(RUN, spec(), None, 1, [], NOW)
     assert sorted(p.create) == [("ray-head", 0), ("rollout", 0), ("rollout", 1), ("trainer", 0), ("trainer", 1)]
-    assert p.delete == [] and p.attempt == 0
+    assert p.delete == [] and p.status["restarts"] == 0
     s = p.status
     assert s["phase"] == "Pending" and s["restarts"] == 0 and s["observedGeneration"] == 1
     assert s["trainer"] == {"desired": 2, "ready": 0}
@@ -112,7 +112,7 @@ def test_one_failed_trainer_restarts_the_whole_gang_counting_first():
     pods = gang()
     pods[1] = pod(f"{RUN}-trainer-1", "trainer", 1, 0, "Failed", exit_code=137)
     p = planning.plan(RUN, spec(), {"phase": "Running", "restarts": 0}, 1, pods, NOW)
-    assert p.status["restarts"] == 1 and p.attempt == 1
+    assert p.status["restarts"] == 1
     assert sorted(p.delete) == [f"{RUN}-trainer-0", f"{RUN}-trainer-1"]  # the whole gang, not the fleet
     assert not any(role == "trainer" for role, _ in p.create)  # rank 0 of the old attempt still runs
     assert [(e.type, e.reason) for e in p.events][0] == ("Warning", "GangRestart")
@@ -135,10 +135,10 @@ def test_after_a_restart_old_pods_are_deleted_and_new_ones_created_once_the_old_
     # under names of their own
     ended = [pod(f"{RUN}-trainer-{r}", "trainer", r, 0, "Failed", terminating=True) for r in range(2)] + gang()[2:]
     p = planning.plan(RUN, spec(), status, 1, ended, NOW)
-    assert sorted(p.create) == [("trainer", 0), ("trainer", 1)] and p.attempt == 1 and p.delete == []
+    assert sorted(p.create) == [("trainer", 0), ("trainer", 1)] and p.status["restarts"] == 1 and p.delete == []
     # gone: the same
     p = planning.plan(RUN, spec(), status, 1, gang()[2:], NOW)
-    assert sorted(p.create) == [("trainer", 0), ("trainer", 1)] and p.attempt == 1
+    assert sorted(p.create) == [("trainer", 0), ("trainer", 1)] and p.status["restarts"] == 1
     assert p.status["phase"] == "Initializing"
     # created: nothing more to do
     now = [pod(f"{RUN}-trainer-{r}-1", "trainer", r, 1, "Pending", node=None) for r in range(2)] + gang()[2:]
@@ -177,13 +177,13 @@ def test_suspend_deletes_every_pod_and_resume_recreates_them():
     assert {c["type"]: c["status"] for c in p.status["conditions"]}["Suspended"] == "True"
     assert p.status["resumes"] == 0
     p = planning.plan(RUN, spec(), p.status, 3, [], NOW)
-    assert p.status["phase"] == "Pending" and p.attempt == 1 and p.status["restarts"] == 1
+    assert p.status["phase"] == "Pending" and p.status["restarts"] == 1
     assert sorted(p.create) == [("ray-head", 0), ("rollout", 0), ("rollout", 1), ("trainer", 0), ("trainer", 1)]
     assert [(e.type, e.reason) for e in p.events] == [("Normal", "Pending")]
-    assert p.status["resumes"] == p.resumes == 1 and not p.ends_group
+    assert p.status["resumes"] == 1 and not p.ends_group
     # counted once: the next plan (the status written, pods not created yet) keeps the number
     p = planning.plan(RUN, spec(), p.status, 3, [], NOW)
-    assert p.resumes == 1 and len(p.create) == 5
+    assert p.status["resumes"] == 1 and len(p.create) == 5
 
 
 def test_a_gang_restart_replaces_pods_within_the_group_and_a_finished_run_ends_it():
