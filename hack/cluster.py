@@ -42,6 +42,12 @@ def log(msg: str) -> None:
     print(f"[cluster] {msg}", file=sys.stderr, flush=True)
 
 
+def scaled(seconds: float) -> float:
+    """A time limit of `seconds` on the reference machine, on this one: times ZEROTH_SPEED_FACTOR, the
+    slowdown factor the test session measured (tests/speed.py), never below 1."""
+    return seconds * max(float(os.environ.get("ZEROTH_SPEED_FACTOR") or 1), 1.0)
+
+
 def bin_dir() -> Path:
     out = subprocess.run([str(HACK / "build-cluster.sh")], check=True, stdout=subprocess.PIPE, text=True).stdout
     return Path(out.strip().splitlines()[-1])
@@ -136,6 +142,8 @@ def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> None
 
 
 def wait_for(what: str, check, timeout: float = 120.0, component: str | None = None) -> None:
+    """Polls `check` until it returns true; fails after `timeout` reference seconds (scaled here)."""
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -295,7 +303,7 @@ def up() -> None:
 
     kubectl(bins, "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes()}))
     names = [n["metadata"]["name"] for n in nodes()]
-    kubectl(bins, "wait", "--for=condition=Ready", "--timeout=120s", *[f"node/{n}" for n in names])
+    kubectl(bins, "wait", "--for=condition=Ready", f"--timeout={scaled(120):.0f}s", *[f"node/{n}" for n in names])
     # The controller-manager creates each namespace's default ServiceAccount; pods need it.
     wait_for("the default ServiceAccount", lambda: kubectl(bins, "get", "serviceaccount", "default", "-o", "name"),
              component="kube-controller-manager")

@@ -121,7 +121,7 @@ def up() -> None:
     config.write_text(json.dumps(configuration(certs), indent=2))
     kubectl = lambda *a, stdin=None: cluster.kubectl(bins, *a, stdin=stdin)  # noqa: E731
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(kdir / "crds"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", *[
+    kubectl("wait", "--for=condition=Established", f"--timeout={cluster.scaled(60):.0f}s", *[
         f"crd/{p.name.removeprefix('kueue.x-k8s.io_').removesuffix('.yaml')}.kueue.x-k8s.io" for p in sorted((kdir / "crds").glob("*.yaml"))])
     kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}))
     cluster.start("kueue", [str(kdir / "bin" / "kueue"), f"--config={config}", f"--kubeconfig={cluster.kubeconfig()}",

@@ -42,8 +42,8 @@ class Sample:
 
 class RolloutWorker:
     def __init__(self, model_path: str, spec: dict[str, Any], index: int = 0):
-        # The model is loaded on first use, not here: a run creates its workers while the base
-        # model may still be building, so their start (imports, Ray) overlaps the build.
+        # The model is loaded on first use, not here: creating the fleet returns at once, and the
+        # workers' start (imports, Ray) overlaps the trainer's DeepSpeed set-up.
         import transformers  # noqa: F401 - the slow import, done now
 
         self.spec = api.ReasoningRunSpec.model_validate(spec)

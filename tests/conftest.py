@@ -18,9 +18,73 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import procs, speed
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 CRD_PATH = ROOT / "charts" / "zeroth" / "crds" / "reasoningruns.yaml"
+
+
+# ------------------------------------------------------------- processes and time limits
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_SESSION] = procs.start_session()
+    config.stash[_SPEED] = speed.measure()
+
+
+_SESSION = pytest.StashKey[str]()
+_SPEED = pytest.StashKey[tuple]()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    value, source = config.stash[_SPEED]
+    return f"machine speed factor {value:.2f} ({source}): every time limit is scaled by it"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test's pytest-timeout limit (its marker, or the ini default) times the speed factor."""
+    default = float(config.getini("timeout") or 0)
+    for item in items:
+        mark = item.get_closest_marker("timeout")
+        base = float(mark.args[0] if mark and mark.args else mark.kwargs.get("timeout", default) if mark else default)
+        if base:
+            item.add_marker(pytest.mark.timeout(speed.scaled(base)), append=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_processes():
+    with procs.owned("session"):
+        yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_processes(request: pytest.FixtureRequest):
+    with procs.owned(request.module.__name__.rsplit(".", 1)[-1]):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _test_processes(request: pytest.FixtureRequest):
+    with procs.owned(request.node.name[:40], test=True):
+        yield
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own sessionfinish has torn every fixture down
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    left = procs.leftovers(session.config.stash[_SESSION])
+    if not left:
+        return
+    procs.kill_all(lambda: procs.leftovers(session.config.stash[_SESSION]))
+    lines = "\n".join(f"  {p.describe()}" for p in left)
+    message = f"PROCESSES LEFT BEHIND: {len(left)} process(es) the tests started were still alive at the end (now killed):\n{lines}"
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("!", "processes left behind", red=True, bold=True)
+        reporter.write_line(message)
+    else:
+        print(message, file=sys.stderr)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def minimal_manifest(name: str = "minimal") -> dict:
@@ -52,7 +116,7 @@ class Cluster:
 
     def run(self, tool: str, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run([str(self.bin / tool), *args], input=stdin, capture_output=True, text=True,
-                              env=self.env(), timeout=120)
+                              env=self.env(), timeout=speed.scaled(120))
         if check and proc.returncode != 0:
             raise AssertionError(f"{tool} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
         return proc
@@ -87,7 +151,7 @@ def cluster() -> Cluster:
 def crd(cluster: Cluster) -> Cluster:
     """The generated CRD installed and Established."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_PATH))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/reasoningruns.zeroth.dev")
+    cluster.kubectl("wait", "--for=condition=Established", f"--timeout={speed.scaled(60):.0f}s", "crd/reasoningruns.zeroth.dev")
     return cluster
 
 
@@ -128,7 +192,7 @@ class Operator:
         self.proc = subprocess.Popen(
             [str(kopf), "run", "--standalone", "--all-namespaces", f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
              "-m", "zeroth.operator.handlers"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + speed.scaled(60)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"the operator exited ({self.proc.returncode}):\n{self.log.read_text()[-4000:]}")

@@ -93,11 +93,8 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
         if not ray.is_initialized():
             fleets.connect(spec.rollout.replicas)  # on a cluster RAY_ADDRESS names the run's Ray head
         stop.install()
-        # The rollout workers start now and load the model on first use: their start overlaps the
-        # base model's build, if it is still building.
-        fleet = fleets.Fleet(spec, models.resolve(spec.model, build=False), spec.rollout.replicas)
-        model_path = models.resolve(spec.model)
-    dist.barrier()
+        model_path = models.resolve(spec.model)  # every rank waited for it before the process group began
+        fleet = fleets.Fleet(spec, model_path, spec.rollout.replicas)
     model_path = _broadcast(model_path if rank == 0 else None)
     batch_size = algo.prompts_per_step * algo.group_size
     if batch_size % world or (algo.prompts_per_step % world):

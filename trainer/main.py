@@ -13,9 +13,12 @@ import argparse
 import json
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
+
+TIMEOUT_VAR = "ZEROTH_COLLECTIVE_TIMEOUT"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,13 +30,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics-addr", default="127.0.0.1", help="address /metrics listens on (pods: 0.0.0.0)")
     args = p.parse_args(argv)
 
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train(args)
+    except BaseException as e:
+        _record_failure(args.run_dir, e)
+        raise
+
+
+def _train(args: argparse.Namespace) -> int:
     import deepspeed
     import torch.distributed as dist
 
     from zeroth import validation
-    from zeroth.trainer import loop
+    from zeroth.trainer import loop, models
 
-    args.run_dir.mkdir(parents=True, exist_ok=True)
     # torchrun starts each rank in a session of its own: record them, so they can be found and stopped
     pids = args.run_dir / "pids"
     pids.mkdir(exist_ok=True)
@@ -47,12 +58,44 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     else:
         _skip_shared_memory_allreduce()
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    # Every rank has the model before its first collective: a first build takes minutes (more on a
+    # slow or busy machine), and is waited for on the cache's file lock, which has no timeout.
+    models.resolve(run.spec.model)
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", timeout=collective_timeout())
     try:
         return loop.run(run.spec, run.metadata.name, run.metadata.namespace, args.run_dir, args.metrics_port,
                         args.metrics_addr, args.export_dir)
     finally:
         dist.destroy_process_group()
+
+
+def collective_timeout() -> timedelta:
+    """How long a rank waits in one collective for its peers before it fails:
+    `ZEROTH_COLLECTIVE_TIMEOUT` seconds, default 30 minutes (rank 0 alone generates and evaluates
+    while the others wait; a dead peer still fails the gang, for the operator to restart)."""
+    value = os.environ.get(TIMEOUT_VAR, "1800")
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise SystemExit(f"{TIMEOUT_VAR}={value!r} must be a number of seconds") from None
+    return timedelta(seconds=seconds)
+
+
+def _record_failure(run_dir: Path, error: BaseException) -> None:
+    """`RUN_DIR/errors/rank-N.txt`: this rank's error in one line, for `zeroth run` to show instead
+    of a page of traceback (which goes to the log as usual)."""
+    if isinstance(error, KeyboardInterrupt) or (isinstance(error, SystemExit) and error.code in (None, 0)):
+        return
+    if isinstance(error, SystemExit):
+        line = str(error.code)
+    else:
+        line = f"{type(error).__name__}: {error}".strip()
+    errors = run_dir / "errors"
+    errors.mkdir(exist_ok=True)
+    rank = os.environ.get("RANK", "0")
+    tmp = errors / f".rank-{rank}.tmp"
+    tmp.write_text(" ".join(line.split())[:1000] + "\n")
+    os.replace(tmp, errors / f"rank-{rank}.txt")
 
 
 def _skip_shared_memory_allreduce() -> None:

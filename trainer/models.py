@@ -41,7 +41,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from zeroth.api import BUILTIN_MODELS, ModelSpec
@@ -257,12 +257,14 @@ def tiny_arith_location(cache_dir: Path | None = None, tokens: int | None = None
     return root / f"{TINY_ARITH}-{recipe_key(tokens)}"
 
 
-def tiny_arith_path(cache_dir: Path | None = None, tokens: int | None = None) -> Path:
+def tiny_arith_path(cache_dir: Path | None = None, tokens: int | None = None,
+                    building: Callable[[], None] | None = None) -> Path:
     """The folder of tiny-arith for this recipe (PRETRAIN_TOKENS unless `tokens`), built first if missing.
 
     Built in a temporary folder and renamed into place, so a folder under its final name is always
     complete; a file lock makes concurrent processes (trainer and rollout replicas starting
-    together) wait for one build instead of each running their own.
+    together) wait for one build instead of each running their own, for as long as it takes (no
+    timeout). `building()` is called once this process holds the lock and is about to build.
     """
     tokens = PRETRAIN_TOKENS if tokens is None else tokens
     final = tiny_arith_location(cache_dir, tokens)
@@ -273,6 +275,8 @@ def tiny_arith_path(cache_dir: Path | None = None, tokens: int | None = None) ->
     with open(root / f".{final.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not final.is_dir():
+            if building is not None:
+                building()
             log.info("building %s into %s (once per recipe, minutes on one CPU thread)", TINY_ARITH, final)
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
             try:
@@ -290,10 +294,12 @@ def tiny_arith_path(cache_dir: Path | None = None, tokens: int | None = None) ->
 BUILTINS = {TINY_ARITH: (tiny_arith_path, tiny_arith_location)}
 
 
-def resolve(model: ModelSpec, cache_dir: Path | None = None, build: bool = True) -> str:
-    """What to pass to `from_pretrained`: a built-in model's cached folder (built if missing, unless
-    `build` is false: then only where it will be), or the hub id or path as it is (the caller passes
-    `model.revision`). `cache_dir` replaces `$ZEROTH_CACHE/models`."""
+def resolve(model: ModelSpec, cache_dir: Path | None = None, build: bool = True,
+            building: Callable[[], None] | None = None) -> str:
+    """What to pass to `from_pretrained`: a built-in model's cached folder (built if missing, or
+    waited for while another process builds it; unless `build` is false: then only where it will
+    be), or the hub id or path as it is (the caller passes `model.revision`). `cache_dir` replaces
+    `$ZEROTH_CACHE/models`; `building()` is called when this process starts a build."""
     kind, _, name = model.name.partition(":")
     if kind != "builtin":
         return model.name
@@ -301,4 +307,4 @@ def resolve(model: ModelSpec, cache_dir: Path | None = None, build: bool = True)
         raise ValueError(f"unknown built-in model {model.name!r}; known: "
                          + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS))
     build_it, locate = BUILTINS[name]
-    return str((build_it if build else locate)(cache_dir))
+    return str(build_it(cache_dir, building=building) if build else locate(cache_dir))

@@ -68,46 +68,72 @@ def run(manifest: Path | None, resume: Path | None, runs_root: Path, metrics_por
         (run_dir / "run.json").write_text(json.dumps(run_.model_dump(by_alias=True, exclude_none=True, mode="json"), indent=2))
     log = open(run_dir / "trainer.log", "a")
     console.print(f"[bold]{run_.metadata.name}[/]: run directory [cyan]{run_dir}[/]  (trainer log: trainer.log)")
-    build = None
-    if run_.spec.model.name.startswith("builtin:"):
-        # built once and cached, with its progress bar here; the trainer starts at the same time
-        # (imports, Ray, the rollout workers) and its rank 0 waits for the model (a file lock)
-        console.print(f"model {run_.spec.model.name}: building or reusing the cached base model")
-        build = subprocess.Popen([sys.executable, "-m", "zeroth.trainer.build_model", str(run_dir / "run.json")],
-                                 env=trainer_env(), stdout=subprocess.DEVNULL)
-    for stale in (run_dir / "pids").glob("rank-*.pid"):  # a resumed run's old ranks: not ours to signal
-        stale.unlink()
-    proc = subprocess.Popen(trainer_command(run_, run_dir, metrics_port), stdout=log, stderr=subprocess.STDOUT,
-                            env=trainer_env(), start_new_session=True)
-    (run_dir / "trainer.pid").write_text(str(proc.pid))  # its process group: torchrun and the ranks
+    for stale in [*(run_dir / "pids").glob("rank-*.pid"), *(run_dir / "errors").glob("rank-*.txt")]:
+        stale.unlink()  # a resumed run's old ranks: not ours to signal, nor its errors ours to report
+    build = proc = None
     interrupted = False
 
     def forward(*_):
         nonlocal interrupted
         interrupted = True
-        proc.send_signal(signal.SIGTERM)  # torchrun passes it on; rank 0 checkpoints and stops
+        if build is not None and build.poll() is None:
+            build.send_signal(signal.SIGINT)  # nothing trained yet: the build cleans up and stops
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)  # torchrun passes it on; rank 0 checkpoints and stops
 
     old = signal.signal(signal.SIGINT, forward)
     try:
+        if run_.spec.model.name.startswith("builtin:"):
+            # Built once and cached, with its progress bar here. The trainer starts once the build
+            # holds the cache's lock (its first line), so its imports overlap the build, and its
+            # ranks wait on that lock, with no timeout, before their first collective.
+            console.print(f"model {run_.spec.model.name}: building or reusing the cached base model")
+            build = subprocess.Popen([sys.executable, "-m", "zeroth.trainer.build_model", str(run_dir / "run.json")],
+                                     env=trainer_env(), stdout=subprocess.PIPE, text=True)
+            if not build.stdout.readline() or interrupted:
+                return _build_failed(build, interrupted, run_dir, console)
+        proc = subprocess.Popen(trainer_command(run_, run_dir, metrics_port), stdout=log, stderr=subprocess.STDOUT,
+                                env=trainer_env(), start_new_session=True)
+        (run_dir / "trainer.pid").write_text(str(proc.pid))  # its process group: torchrun and the ranks
         if build is not None and (build.wait() != 0 or interrupted):
             _kill(run_dir, proc)  # no step trained yet: nothing to checkpoint
-            if not interrupted:
-                return build.returncode
-            console.print(f"stopped before training; resume with: [bold]zeroth run --resume {run_dir}[/]")
-            return 130
+            return _build_failed(build, interrupted, run_dir, console)
         rc = follow(run_, run_dir, proc, console)
     finally:
         signal.signal(signal.SIGINT, old)
     if rc != 0 and not interrupted:
-        tail = (run_dir / "trainer.log").read_text(errors="replace")[-4000:]
-        console.print(f"[red]trainer exited with {rc}[/]")
-        console.print(tail, markup=False, highlight=False)  # a log may hold anything, brackets included
+        _kill(run_dir, proc)  # a rank that failed may leave its peers waiting in a collective
+        # soft_wrap: paths and commands stay whole, to be copied
+        console.print(f"[red]training failed[/] (exit {rc}): {failure(run_dir)}", highlight=False, soft_wrap=True)
+        console.print(f"  the whole log: {run_dir / 'trainer.log'}\n"
+                      f"  after fixing the cause, continue from the last checkpoint: zeroth run --resume {run_dir}",
+                      markup=False, highlight=False, soft_wrap=True)
         return rc
     if interrupted:
-        console.print(f"stopped; resume with: [bold]zeroth run --resume {run_dir}[/]")
+        console.print(f"stopped; resume with: [bold]zeroth run --resume {run_dir}[/]", soft_wrap=True)
         return 130
     console.print(f"[green]done[/]: {run_dir}/reward.png, {run_dir}/metrics.jsonl, {run_dir}/samples/")
     return 0
+
+
+def failure(run_dir: Path) -> str:
+    """The first error a trainer rank reported (RUN_DIR/errors/rank-N.txt, the oldest: later ones
+    are usually its peers failing in a collective), in one line."""
+    errors = sorted((run_dir / "errors").glob("rank-*.txt"), key=lambda p: p.stat().st_mtime)
+    if not errors:
+        return "a trainer process ended without a Python error (killed, e.g. out of memory?)"
+    first = errors[0]
+    return f"{first.stem.replace('-', ' ')}: {first.read_text().strip()}"
+
+
+def _build_failed(build: subprocess.Popen, interrupted: bool, run_dir: Path, console: Console) -> int:
+    rc = build.wait()
+    if interrupted:
+        console.print(f"stopped before training; resume with: [bold]zeroth run --resume {run_dir}[/]", soft_wrap=True)
+        return 130
+    console.print(f"[red]building the base model failed[/] (exit {rc}): its error is printed above. "
+                  f"Run [bold]zeroth run --resume {run_dir}[/] to try again.", soft_wrap=True)
+    return rc or 1
 
 
 def _kill(run_dir: Path, proc: subprocess.Popen) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import procs, speed
 from tests.conftest import ROOT
 
 TINY = ROOT / "examples" / "countdown-tiny.yaml"
@@ -29,7 +30,9 @@ def manifest(**spec_overrides) -> dict:
     return m
 
 
-def start_run(tmp: Path, m: dict | None = None, resume: Path | None = None) -> subprocess.Popen:
+def start_run(tmp: Path, m: dict | None = None, resume: Path | None = None, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`zeroth run` of manifest `m` (or `--resume`) under `tmp/runs`; its processes belong to the
+    test (tests/procs.py) and are killed when it ends, however it ends."""
     args = [sys.executable, "-m", "zeroth", "run", "--runs", str(tmp / "runs"), "--metrics-port", "0"]
     if resume:
         args += ["--resume", str(resume)]
@@ -37,12 +40,18 @@ def start_run(tmp: Path, m: dict | None = None, resume: Path | None = None) -> s
         path = tmp / f"{m['metadata']['name']}.yaml"
         path.write_text(yaml.safe_dump(m))
         args.append(str(path))
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp)
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp,
+                            env=procs.tag({**os.environ, **(env or {})}))
 
 
-def finish(proc: subprocess.Popen, timeout: float = 1500) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out[-4000:]
+def finish(proc: subprocess.Popen, timeout: float = 1800) -> str:
+    """Waits for a run (a hang fails after `timeout` reference seconds, scaled); asserts it
+    succeeded, showing its output and the end of its trainer log if not."""
+    out, _ = proc.communicate(timeout=speed.scaled(timeout))
+    if proc.returncode != 0:
+        logs = sorted(Path(proc.args[proc.args.index("--runs") + 1]).glob("*/trainer.log"), key=lambda p: p.stat().st_mtime)
+        tail = logs[-1].read_text(errors="replace")[-4000:] if logs else "(no trainer log)"
+        raise AssertionError(f"zeroth run exited {proc.returncode}:\n{out[-3000:]}\n--- trainer.log ---\n{tail}")
     return out
 
 
@@ -62,7 +71,8 @@ def steps(run_dir: Path) -> list[dict]:
 
 
 def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+    """Polls `predicate` until true; fails after `timeout` reference seconds (scaled)."""
+    deadline = time.monotonic() + speed.scaled(timeout)
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -83,3 +93,9 @@ def kill_trainer(run_dir: Path) -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _engine_env():
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # The example's base model, built once per recipe (`make test` builds it before pytest starts,
+    # so this is a no-op there): no run in a test waits for a first build.
+    from zeroth.api import ModelSpec
+    from zeroth.trainer import models
+
+    models.resolve(ModelSpec(name="builtin:tiny-arith"))

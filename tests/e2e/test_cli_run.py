@@ -10,6 +10,7 @@ import urllib.request
 
 import pytest
 
+from tests.speed import scaled
 from tests.e2e.conftest import finish, records, run_dir_of, start_run, steps, wait_for
 from tests.e2e.test_resume_async import short
 from zeroth import metrics
@@ -30,7 +31,7 @@ def test_ctrl_c_checkpoints_then_resume_finishes_and_eval_scores(tmp_path):
     assert f'{metrics.BY_NAME["reward"].full_name}_count{{namespace="default",run="interrupted",verifier="countdown"}}' in text
 
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-    out, _ = proc.communicate(timeout=300)
+    out, _ = proc.communicate(timeout=scaled(300))
     assert proc.returncode == 130, out[-3000:]
     assert "--resume" in out
     stopped_at = max(r["step"] for r in steps(run_dir))
@@ -41,7 +42,7 @@ def test_ctrl_c_checkpoints_then_resume_finishes_and_eval_scores(tmp_path):
     assert [r["step"] for r in steps(run_dir)] == list(range(1, 9))  # nothing lost, nothing repeated
 
     proc = subprocess.run([sys.executable, "-m", "zeroth", "eval", str(run_dir), "--k", "4", "--limit", "16"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=scaled(300))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["prompts"] == 16 and result["k"] == 4
@@ -51,3 +52,15 @@ def test_ctrl_c_checkpoints_then_resume_finishes_and_eval_scores(tmp_path):
     final = [r for r in records(run_dir) if "eval_greedy" in r][-1]
     assert final["step"] == 8 and final["eval_size"] == 16
     assert result["greedy"] == pytest.approx(final["eval_greedy"], abs=1 / 16 + 1e-9)
+
+
+def test_a_failing_trainer_gives_one_clear_message_not_a_traceback(tmp_path):
+    proc = start_run(tmp_path, short("fails"), env={"ZEROTH_COLLECTIVE_TIMEOUT": "soon"})
+    out, _ = proc.communicate(timeout=scaled(300))
+    run_dir = run_dir_of(tmp_path, "fails")
+    assert proc.returncode != 0
+    text = " ".join(out.split())  # as a terminal would show it, without rich's line wrapping
+    assert "training failed" in text and "ZEROTH_COLLECTIVE_TIMEOUT='soon' must be a number of seconds" in text, out
+    assert str(run_dir / "trainer.log") in text and f"zeroth run --resume {run_dir}" in text, out
+    assert "Traceback" not in out, out
+    assert "must be a number of seconds" in (run_dir / "trainer.log").read_text()  # the whole story is in the log

@@ -7,7 +7,8 @@ ServiceAccount); kwok marks the pods Running; then each pod's one container is s
 kubelet would start it, from the pod read back from the API server:
 
 - argv is the container's `command` + `args` and the environment is its `env` (literal values,
-  `secretKeyRef` read from the Secret, `fieldRef` from the pod), and nothing else of the test's;
+  `secretKeyRef` read from the Secret, `fieldRef` from the pod), and nothing else of the test's
+  but its two process-ownership variables (below);
 - volumes become local directories: a ConfigMap's data written out, an emptyDir a fresh directory
   per pod, a claim the `hostPath` of the PersistentVolume it is bound to (one directory for every pod
   that mounts it, as on a shared volume), and the projected ServiceAccount volume the API server
@@ -30,7 +31,9 @@ What stands in for the rest of a node, and why:
   race for the same free ports of the one shared network namespace (a raylet then aborts with
   "Address already in use"), which separate pods never do;
 - a trainer that exits 0 gets its pod labelled `zeroth.dev/kwok-exit=0`, so kwok marks it Succeeded:
-  the test reports the exit as a kubelet would.
+  the test reports the exit as a kubelet would;
+- the test's two process-ownership variables (ZEROTH_TEST_SESSION, ZEROTH_TEST_OWNER; tests/procs.py)
+  are added to each container's environment, so that the test can kill everything it started.
 
 Not covered: the image itself, the read-only root filesystem and uid 1000 (the processes run as this
 user and may write anywhere), the NetworkPolicy, paths hard-coded in the programs (Ray's /tmp/ray and
@@ -57,9 +60,11 @@ from urllib.parse import urlparse
 
 import pytest
 
+from tests import procs
 from tests.conftest import Cluster, Operator
 from tests.e2e.conftest import manifest
 from tests.integration.test_operator import EXIT_ZERO, live, phase_is, pods_of, wait_for
+from tests.speed import scaled
 from zeroth.local import CACHE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
@@ -87,7 +92,7 @@ class LocalPod:
 
     def start(self) -> None:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(self.argv, env=procs.tag(self.env), cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
 
     def tail(self, chars: int = 2500) -> str:
@@ -109,14 +114,15 @@ class LocalPod:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        self.proc.wait(timeout=10)
+        self.proc.wait(timeout=scaled(10))
 
 
 def stop(pods: list[LocalPod], grace: float = 10.0) -> None:
-    """Stops pods together, as their deletion would: SIGTERM, `grace` seconds, then SIGKILL."""
+    """Stops pods together, as their deletion would: SIGTERM, `grace` seconds (reference seconds,
+    scaled), then SIGKILL."""
     for p in pods:
         p.terminate()
-    deadline = time.monotonic() + grace
+    deadline = time.monotonic() + scaled(grace)
     for p in pods:
         if p.proc is not None:
             try:
@@ -330,7 +336,7 @@ def test_the_operators_pods_run_the_tiny_countdown_to_succeeded(crd, operator: O
     # the image's model cache (built once per recipe; a no-op when `make run` or another e2e test built it)
     run_json = next((tmp_path / "pods" / names[3] / "volumes" / "config").glob("*.json"))
     built = subprocess.run([sys.executable, "-m", "zeroth.trainer.build_model", str(run_json)],
-                           env={**os.environ, "ZEROTH_CACHE": str(CACHE)}, capture_output=True, text=True, timeout=600)
+                           env={**os.environ, "ZEROTH_CACHE": str(CACHE)}, capture_output=True, text=True, timeout=scaled(600))
     assert built.returncode == 0, built.stderr[-3000:]
 
     for ray_pod in (head, *rollouts):  # one at a time: see the module docstring
@@ -345,7 +351,7 @@ def test_the_operators_pods_run_the_tiny_countdown_to_succeeded(crd, operator: O
         t.start()
 
     # the test reports each trainer's exit, as a kubelet would; a failed one fails the test
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + scaled(240)
     running = list(trainers)
     while running:
         for t in list(running):

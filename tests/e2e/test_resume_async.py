@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.speed import scaled
 from tests.e2e.conftest import finish, kill_trainer, manifest, records, run_dir_of, start_run, steps, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +43,7 @@ def test_killed_run_resumes_with_no_step_lost_or_repeated(tmp_path):
     # these steps take a fraction of a second)
     wait_for(lambda: any(r["step"] >= 3 for r in steps(run_dir)), 600, "step 3")
     kill_trainer(run_dir)
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=scaled(60))
     assert proc.returncode != 0
     killed_at = max(r["step"] for r in steps(run_dir))
     assert killed_at < 8

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT
+from tests.speed import scaled
 from zeroth.trainer import models
 
 pytestmark = pytest.mark.e2e
@@ -31,7 +32,7 @@ def run_stage(stage: int, model_dir) -> dict:
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(ROOT / "tests" / "e2e" / "zero_steps.py"), str(stage), str(model_dir)],
-        capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+        capture_output=True, text=True, env=env, timeout=scaled(600), cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
 

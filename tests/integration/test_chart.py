@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import CRD_PATH, ROOT, Cluster, minimal_manifest, service_account_kubeconfig
+from tests.speed import scaled
 from zeroth import api, validation
 from zeroth.operator import builders
 
@@ -176,9 +177,9 @@ def release(cluster: Cluster):
     """The chart installed into a fresh restricted namespace, its operator pod Running (kwok)."""
     ns = restricted_namespace(cluster, "zeroth-system")
     try:
-        yield install(cluster, "zeroth", ns, "--wait", "--timeout", "90s")
+        yield install(cluster, "zeroth", ns, "--wait", "--timeout", f"{scaled(90):.0f}s")
     finally:
-        cluster.run("helm", "uninstall", "zeroth", "-n", ns, "--wait", "--timeout", "60s", check=False)
+        cluster.run("helm", "uninstall", "zeroth", "-n", ns, "--wait", "--timeout", f"{scaled(60):.0f}s", check=False)
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
@@ -221,7 +222,7 @@ def test_uninstall_removes_what_it_installed(cluster: Cluster):
         objects = [kubectl_ref(d) for d in rel.manifest]
         assert len(objects) == 5
         cluster.kubectl("get", "-n", ns, *objects)
-        cluster.run("helm", "uninstall", "gone", "-n", ns, "--wait", "--timeout", "60s")
+        cluster.run("helm", "uninstall", "gone", "-n", ns, "--wait", "--timeout", f"{scaled(60):.0f}s")
         for obj in objects:
             assert "NotFound" in cluster.kubectl("get", "-n", ns, obj, check=False).stderr, obj
         cluster.get("crd/reasoningruns.zeroth.dev")  # Helm never deletes what crds/ installed

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import ROOT, Cluster, Operator
 from tests.integration.test_operator import EXIT_ZERO, FAIL, live, phase_is, pods_of, run_manifest, run_of, wait_for
+from tests.speed import scaled
 
 pytestmark = pytest.mark.cluster
 
@@ -28,12 +29,12 @@ FLAVOR = "zeroth-test-flavor"
 @pytest.fixture(scope="module")
 def kueue(crd: Cluster) -> Cluster:
     hack = ROOT / "hack" / "kueue.py"
-    up = subprocess.run([sys.executable, str(hack), "up"], capture_output=True, text=True, timeout=1200)
+    up = subprocess.run([sys.executable, str(hack), "up"], capture_output=True, text=True, timeout=scaled(1200))
     if up.returncode != 0:
         pytest.fail(f"could not start Kueue:\n{up.stderr[-4000:]}")
     crd.apply({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": {"name": FLAVOR}})
     yield crd
-    subprocess.run([sys.executable, str(hack), "down"], capture_output=True, text=True, timeout=120, check=False)
+    subprocess.run([sys.executable, str(hack), "down"], capture_output=True, text=True, timeout=scaled(120), check=False)
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def queue(kueue: Cluster, operator: Operator, namespace: str):
     c.apply({"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue", "metadata": {"name": "team-a", "namespace": ns},
              "spec": {"clusterQueue": cq}})
     yield set_gpus
-    c.kubectl("delete", "reasoningruns", "--all", "-n", ns, "--wait=true", "--timeout=60s", check=False)
+    c.kubectl("delete", "reasoningruns", "--all", "-n", ns, "--wait=true", f"--timeout={scaled(60):.0f}s", check=False)
     wait_for("the runs' pods to be gone", lambda: not c.get("pods", "-n", ns)["items"], timeout=60)
     c.kubectl("delete", "clusterqueue", cq, "--wait=false", check=False)
 

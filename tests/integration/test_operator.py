@@ -16,6 +16,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT, Cluster, Operator, minimal_manifest
+from tests.speed import scaled
 
 pytestmark = pytest.mark.cluster
 
@@ -34,7 +35,9 @@ def run_manifest(name: str, *, trainers: int = 2, trainer_gpus: int = 4, rollout
 
 
 def wait_for(what: str, check, timeout: float = 60.0, operator: Operator | None = None):
-    deadline = time.monotonic() + timeout
+    """Polls `check` until it returns something true; fails after `timeout` reference seconds
+    (scaled here: callers pass unscaled seconds)."""
+    deadline = time.monotonic() + scaled(timeout)
     last = None
     while time.monotonic() < deadline:
         last = check()
@@ -200,7 +203,7 @@ def test_the_run_succeeds_when_every_trainer_exits_zero(crd, operator, namespace
 def test_deleting_the_run_garbage_collects_every_child(crd, operator, namespace):
     c, ns = crd, namespace
     running(c, operator, ns, "gone")
-    c.kubectl("delete", "rr", "gone", "-n", ns, "--wait=true", "--timeout=60s")
+    c.kubectl("delete", "rr", "gone", "-n", ns, "--wait=true", f"--timeout={scaled(60):.0f}s")
     kinds = "configmap,secret,serviceaccount,role,rolebinding,service,networkpolicy,pod"
 
     def nothing_left():
@@ -260,7 +263,7 @@ def test_a_pod_monitor_where_the_prometheus_operator_api_is_served(crd, operator
     path = subprocess.run([str(ROOT / "hack" / "monitoring-crds.sh")], check=True, capture_output=True, text=True).stdout.strip()
     c.kubectl("apply", "--server-side", "-f", path)
     try:
-        c.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/podmonitors.monitoring.coreos.com")
+        c.kubectl("wait", "--for=condition=Established", f"--timeout={scaled(60):.0f}s", "crd/podmonitors.monitoring.coreos.com")
         running(c, operator, ns, "watched", trainers=1, trainer_gpus=0, rollouts=1, rollout_gpus=0)
         monitor = wait_for("the PodMonitor", lambda: c.kubectl("get", "podmonitor", "watched", "-n", ns, "-o", "json",
                                                               check=False).stdout, operator=operator)

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from tests.conftest import Cluster
+from tests.speed import scaled
 
 pytestmark = pytest.mark.cluster
 
@@ -38,7 +39,7 @@ def pod(name: str, gpus: int = 0, selector: dict | None = None, tolerations: lis
 
 
 def wait_pod(cluster: Cluster, ns: str, name: str, check, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)  # `timeout`: reference seconds
     while True:
         obj = cluster.get(f"pod/{name}", "-n", ns)
         if check(obj):

@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import pytest
 
 from tests.conftest import Cluster, minimal_manifest
+from tests.speed import scaled
 from zeroth import api
 from zeroth.trainer.status import StatusWriter, api_client
 
@@ -56,7 +57,7 @@ def _pod_environment(cluster: Cluster, run: str, namespace: str) -> dict[str, st
 
 def _until_accepted(writer: StatusWriter, **fields) -> None:
     """RBAC objects reach the API server's authorizer cache a moment after they are created."""
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + scaled(20)
     while not writer.update(force=True, **fields):
         assert time.monotonic() < deadline, f"patch never accepted: {writer.last_error}"
         time.sleep(0.2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import fcntl
 import itertools
 import random
 import re
@@ -194,3 +195,21 @@ def test_resolve_passes_other_names_through_and_rejects_unknown_builtins(tmp_pat
 
 def test_builtins_match_the_api():
     assert set(models.BUILTINS) == set(BUILTIN_MODELS)
+
+
+def test_building_is_announced_once_the_lock_is_held_and_only_by_the_builder(tmp_path, built):
+    cache, path = built
+    calls = []
+    assert models.tiny_arith_path(cache, tokens=TEST_TOKENS, building=lambda: calls.append("cached")) == path
+    assert calls == []  # nothing to build: `zeroth run` starts the trainer at once
+    fresh = tmp_path / "fresh"
+
+    def building():
+        lock = fresh / f".{models.tiny_arith_location(fresh, TEST_TOKENS).name}.lock"
+        with open(lock) as other:  # another process (a trainer rank) must now wait for this build
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        calls.append("building")
+
+    models.tiny_arith_path(fresh, tokens=TEST_TOKENS, building=building)
+    assert calls == ["building"]
