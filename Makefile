@@ -81,7 +81,7 @@ test-integration: venv cluster-build
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 test: venv cluster-build model lint
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests --durations=25 $(PYTEST_ARGS)
 
 run: venv
 	$(VENV)/bin/zeroth run examples/countdown-tiny.yaml

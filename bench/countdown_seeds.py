@@ -83,7 +83,7 @@ def main() -> None:
     p.add_argument("--score", type=Path, nargs="*", default=None, help="score these finished run directories instead")
     p.add_argument("--out", type=Path, default=None, help="where runs and the summary go (default runs/seeds-<stamp>)")
     args = p.parse_args()
-    console = Console()
+    console = Console(width=110)
     out = args.out or ROOT / "runs" / f"seeds-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
     run_dirs = args.score if args.score is not None else [train(seed, out, console) for seed in args.seeds]

@@ -232,6 +232,8 @@ def build_tiny_arith(dest: Path, tokens: int = PRETRAIN_TOKENS, seed: int = PRET
 
 # --- the cache --------------------------------------------------------------------------------
 
+_CACHE_SECTION = "# --- the cache ---"
+
 
 def models_cache() -> Path:
     """`$ZEROTH_CACHE/models`, default `~/.cache/zeroth/models`."""
@@ -239,13 +241,16 @@ def models_cache() -> Path:
 
 
 def recipe_key(tokens: int) -> str:
-    """12 hex digits naming one build recipe: this file, the arithmetic it uses, the token budget
-    and the versions of the libraries that compute the weights."""
+    """12 hex digits naming one build recipe: this file down to this section (the corpus, the
+    tokenizer, the model and its pretraining; not how the cache is kept, so an edit there rebuilds
+    nothing), the arithmetic it uses, the token budget and the versions of the libraries that
+    compute the weights."""
     import tokenizers
     import torch
     import transformers
 
-    parts = [Path(__file__).read_text(), inspect.getsource(data.random_expression), str(tokens),
+    recipe = Path(__file__).read_text().split(_CACHE_SECTION, 1)[0]
+    parts = [recipe, inspect.getsource(data.random_expression), str(tokens),
              torch.__version__, transformers.__version__, tokenizers.__version__]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
@@ -291,20 +296,18 @@ def tiny_arith_path(cache_dir: Path | None = None, tokens: int | None = None,
 
 
 # Builders of `builtin:` models; a test checks these match zeroth.api.BUILTIN_MODELS.
-BUILTINS = {TINY_ARITH: (tiny_arith_path, tiny_arith_location)}
+BUILTINS = {TINY_ARITH: tiny_arith_path}
 
 
-def resolve(model: ModelSpec, cache_dir: Path | None = None, build: bool = True,
-            building: Callable[[], None] | None = None) -> str:
+def resolve(model: ModelSpec, cache_dir: Path | None = None, building: Callable[[], None] | None = None) -> str:
     """What to pass to `from_pretrained`: a built-in model's cached folder (built if missing, or
-    waited for while another process builds it; unless `build` is false: then only where it will
-    be), or the hub id or path as it is (the caller passes `model.revision`). `cache_dir` replaces
-    `$ZEROTH_CACHE/models`; `building()` is called when this process starts a build."""
+    waited for while another process builds it), or the hub id or path as it is (the caller passes
+    `model.revision`). `cache_dir` replaces `$ZEROTH_CACHE/models`; `building()` is called when this
+    process starts a build."""
     kind, _, name = model.name.partition(":")
     if kind != "builtin":
         return model.name
     if name not in BUILTINS:
         raise ValueError(f"unknown built-in model {model.name!r}; known: "
                          + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS))
-    build_it, locate = BUILTINS[name]
-    return str(build_it(cache_dir, building=building) if build else locate(cache_dir))
+    return str(BUILTINS[name](cache_dir, building=building))

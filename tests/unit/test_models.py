@@ -9,6 +9,7 @@ import random
 import re
 from collections import Counter
 from fractions import Fraction
+from pathlib import Path
 
 import pytest
 
@@ -213,3 +214,15 @@ def test_building_is_announced_once_the_lock_is_held_and_only_by_the_builder(tmp
 
     models.tiny_arith_path(fresh, tokens=TEST_TOKENS, building=building)
     assert calls == ["building"]
+
+
+def test_the_recipe_key_follows_the_recipe_not_the_cache_code(tmp_path, monkeypatch):
+    source = Path(models.__file__).read_text()
+    key = models.recipe_key(TEST_TOKENS)
+    head, tail = source.split("# --- the cache ---", 1)
+    for name, text, same in [("cache-edit.py", head + "# --- the cache ---" + tail + "\n# how the cache is kept\n", True),
+                             ("recipe-edit.py", head.replace("LEARNING_RATE = ", "LEARNING_RATE = 0.5 * ", 1)
+                              + "# --- the cache ---" + tail, False)]:
+        (tmp_path / name).write_text(text)
+        monkeypatch.setattr(models, "__file__", str(tmp_path / name))
+        assert (models.recipe_key(TEST_TOKENS) == key) is same, name
