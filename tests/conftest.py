@@ -75,7 +75,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     left = procs.leftovers(session.config.stash[_SESSION])
     if not left:
         return
-    procs.kill_all(lambda: procs.leftovers(session.config.stash[_SESSION]))
+    procs.kill_all(lambda: procs.leftovers(session.config.stash[_SESSION], grace=0))
     lines = "\n".join(f"  {p.describe()}" for p in left)
     message = f"PROCESSES LEFT BEHIND: {len(left)} process(es) the tests started were still alive at the end (now killed):\n{lines}"
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -80,12 +80,11 @@ def carrying(var: str, value: str) -> list[Proc]:
     return [p for p in processes() if p.pid != me and needle in _read(Path(f"/proc/{p.pid}/environ")).split(b"\0")]
 
 
-def descendants(root: int | None = None) -> list[Proc]:
-    """Live processes below `root` (default: this one) in the process tree."""
+def descendants(root: int | None = None, procs: list[Proc] | None = None) -> list[Proc]:
+    """Live processes below `root` (default: this one) in the process tree (of `procs`, a snapshot)."""
     root = os.getpid() if root is None else root
-    procs = processes()
     children: dict[int, list[Proc]] = {}
-    for p in procs:
+    for p in processes() if procs is None else procs:
         children.setdefault(p.ppid, []).append(p)
     out, todo = [], [root]
     while todo:
@@ -95,9 +94,20 @@ def descendants(root: int | None = None) -> list[Proc]:
     return out
 
 
-def kill_all(procs_of, deadline: float = 15.0) -> list[Proc]:
-    """SIGKILL what `procs_of()` lists until it lists nothing (a dying parent may fork once more);
-    returns what was killed."""
+def carrying_with_children(var: str, value: str) -> list[Proc]:
+    """`carrying(var, value)` and every process below them, from one snapshot: a process that
+    renames itself (setproctitle, as Ray's do) may overwrite the environment that /proc shows."""
+    snapshot = processes()
+    found = {p.pid: p for p in carrying(var, value)}
+    for p in list(found.values()):
+        found.update({d.pid: d for d in descendants(p.pid, snapshot)})
+    return list(found.values())
+
+
+def kill_all(procs_of, deadline: float = 30.0) -> list[Proc]:
+    """SIGKILL what `procs_of()` lists until it lists nothing (a dying parent may fork once more),
+    then waits until every one of them has exited (a killed process is still listed while the
+    kernel tears it down); returns what was killed."""
     killed: dict[int, Proc] = {}
     end = time.monotonic() + deadline
     while time.monotonic() < end:
@@ -110,6 +120,8 @@ def kill_all(procs_of, deadline: float = 15.0) -> list[Proc]:
                 os.kill(p.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        time.sleep(0.1)
+    while time.monotonic() < end and {p.pid for p in processes()} & killed.keys():
         time.sleep(0.1)
     return list(killed.values())
 
@@ -138,7 +150,7 @@ def owned(scope: str, test: bool = False):
             os.environ.pop(OWNER_VAR, None)
         else:
             os.environ[OWNER_VAR] = previous
-        kill_all(lambda: carrying(OWNER_VAR, value))
+        kill_all(lambda: carrying_with_children(OWNER_VAR, value))
 
 
 def current_owner() -> str | None:
@@ -164,8 +176,17 @@ def start_session() -> str:
     return value
 
 
-def leftovers(session: str) -> list[Proc]:
-    """What is still alive at the end of a session: its own processes, by name or by ancestry."""
-    found = {p.pid: p for p in carrying(SESSION_VAR, session)}
-    found.update({p.pid: p for p in descendants()})
+def leftovers(session: str, grace: float = 10.0) -> list[Proc]:
+    """What is still alive at the end of a session: its own processes, by name or by ancestry,
+    that have not exited `grace` seconds later (a process may be on its way out when asked)."""
+    def alive() -> dict[int, Proc]:
+        found = {p.pid: p for p in carrying(SESSION_VAR, session)}
+        found.update({p.pid: p for p in descendants()})
+        return found
+
+    found = alive()
+    end = time.monotonic() + grace
+    while found and time.monotonic() < end:
+        time.sleep(0.2)
+        found = {pid: p for pid, p in alive().items() if pid in found}
     return sorted(found.values(), key=lambda p: p.pid)

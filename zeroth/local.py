@@ -67,7 +67,7 @@ def run(manifest: Path | None, resume: Path | None, runs_root: Path, metrics_por
         run_dir = new_run_dir(run_, runs_root)
         (run_dir / "run.json").write_text(json.dumps(run_.model_dump(by_alias=True, exclude_none=True, mode="json"), indent=2))
     log = open(run_dir / "trainer.log", "a")
-    console.print(f"[bold]{run_.metadata.name}[/]: run directory [cyan]{run_dir}[/]  (trainer log: trainer.log)")
+    console.print(f"[bold]{run_.metadata.name}[/]: run directory [cyan]{run_dir}[/]  (trainer log: trainer.log)", soft_wrap=True)
     for stale in [*(run_dir / "pids").glob("rank-*.pid"), *(run_dir / "errors").glob("rank-*.txt")]:
         stale.unlink()  # a resumed run's old ranks: not ours to signal, nor its errors ours to report
     build = proc = None

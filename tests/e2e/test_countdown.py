@@ -11,10 +11,11 @@ arithmetic) on the 200 held-out tasks, and asks three things of the trained poli
 - swapped, it falls to about the target-blind level (at most SWAP_SLACK above it).
 
 A run is reproducible on one machine, not across CPUs, so these bounds are set for the spread of
-honest runs, measured over seeds with bench/countdown_seeds.py (README: margins +0.095 to +0.180,
-accuracy - swapped +0.150 to +0.255 here; a run on another machine of this kind, 14.0 %, had a
-margin of +0.045), and against what a run that does not learn scores: the base model sits 4 points
-below the baseline, and a target-blind policy at most reaches it, with accuracy - swapped = 0.
+honest runs, measured over seeds 0-3 with bench/countdown_seeds.py (README: margins +0.100 to
++0.180, accuracy - swapped +0.150 to +0.255 here; seed 0 on another, slower machine of this kind
+reached 14.0 %, a margin of +0.045), and against what a run that does not learn scores: the base
+model sits 4 points below the baseline (the negative control below), and a policy that ignores the
+target at most reaches the baseline, with accuracy - swapped = 0.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from tests.e2e.test_resume_async import short
 
 @pytest.mark.timeout(3600)
 def test_hangs(tmp_path):
-    proc = start_run(tmp_path, short("hangs"))
+    proc = start_run(tmp_path, short("hangs", algorithm={"maxSteps": 100000}))  # hours, left to itself
     wait_for(lambda: list(tmp_path.glob("runs/hangs-*/metrics.jsonl")) and steps(run_dir_of(tmp_path, "hangs")), 600,
              "step 1: the trainer ranks, Ray and the rollout workers all up")
     mine = procs.carrying(procs.OWNER_VAR, procs.current_owner())
