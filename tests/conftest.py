@@ -28,13 +28,13 @@ CRD_PATH = ROOT / "charts" / "zeroth" / "crds" / "reasoningruns.yaml"
 # ------------------------------------------------------------- processes and time limits
 
 
+_SESSION = pytest.StashKey[str]()
+_SPEED = pytest.StashKey[tuple]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SESSION] = procs.start_session()
     config.stash[_SPEED] = speed.measure()
-
-
-_SESSION = pytest.StashKey[str]()
-_SPEED = pytest.StashKey[tuple]()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -47,7 +47,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     default = float(config.getini("timeout") or 0)
     for item in items:
         mark = item.get_closest_marker("timeout")
-        base = float(mark.args[0] if mark and mark.args else mark.kwargs.get("timeout", default) if mark else default)
+        if mark is None:
+            base = default
+        else:
+            base = float(mark.args[0] if mark.args else mark.kwargs.get("timeout", default))
         if base:
             item.add_marker(pytest.mark.timeout(speed.scaled(base)), append=False)
 
