@@ -60,7 +60,6 @@ def test_learns_to_use_the_target(trained):
     assert s["accuracy"] >= s["baseline"] + MARGIN, report
     assert s["accuracy"] - s["swapped"] >= READS_TARGET, report
     assert s["swapped"] <= s["baseline"] + SWAP_SLACK, report
-    assert passes(s)  # the bench's verdict is the test's
 
 
 def test_the_bounds_fail_a_policy_that_did_not_learn():
