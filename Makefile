@@ -80,7 +80,7 @@ test-unit: venv
 test-integration: venv cluster-build
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-test: venv cluster-build model lint
+test: venv cluster-build model image lint
 	$(PY) -m pytest tests --durations=25 $(PYTEST_ARGS)
 
 run: venv

@@ -442,7 +442,7 @@ def trainer_pod(run: api.ReasoningRun, uid: str, rank: int, attempt: int, resume
     mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}] + data_mounts
     container = {
         "name": "trainer",
-        "image": trainer.image,
+        "image": run.spec.trainer_image(),
         "imagePullPolicy": trainer.image_pull_policy,
         "command": trainer_command(run, rank),
         "env": trainer_env(run, rank),
@@ -461,7 +461,7 @@ def ray_head_pod(run: api.ReasoningRun, uid: str, resumes: int = 0) -> dict[str,
     metadata = _pod_metadata(run, uid, ray_head_name(name), ROLE_RAY_HEAD, {}, resumes)
     container = {
         "name": "ray-head",
-        "image": rollout.image,
+        "image": run.spec.rollout_image(),
         "imagePullPolicy": rollout.image_pull_policy,
         "command": ["ray", "start", "--head", f"--port={GCS_PORT}", "--num-cpus=0", "--num-gpus=0",
                     "--include-dashboard=false", "--disable-usage-stats", "--block"],
@@ -511,7 +511,7 @@ def rollout_pod(run: api.ReasoningRun, uid: str, index: int, resumes: int = 0) -
     metadata = _pod_metadata(run, uid, rollout_pod_name(name, index), ROLE_ROLLOUT, {LABEL_INDEX: str(index)}, resumes)
     container = {
         "name": "rollout",
-        "image": rollout.image,
+        "image": run.spec.rollout_image(),
         "imagePullPolicy": rollout.image_pull_policy,
         "command": rollout_command(run),
         "env": _token_env(name),

@@ -16,6 +16,8 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
+from zeroth import __version__
+
 GROUP = "zeroth.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -25,7 +27,12 @@ SINGULAR = "reasoningrun"
 SHORT_NAMES = ("rr",)
 CATEGORIES = ("zeroth",)
 
-DEFAULT_IMAGE = "ghcr.io/zeroth-dev/zeroth:0.1.0"
+IMAGE_REPOSITORY = "ghcr.io/zeroth-dev/zeroth"
+DEFAULT_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}"
+"""The CPU flavour of this version's image: what `make image` builds, the chart's operator image and
+the pods' image in runs without GPUs."""
+CUDA_IMAGE = f"{DEFAULT_IMAGE}-cuda"
+"""The CUDA flavour (with vLLM; `make image FLAVOUR=cuda`): the pods' image in runs with GPUs."""
 ROLLOUT_RESOURCE = "zeroth-rollout"
 """The custom Ray resource of one rollout slot: rollout pods advertise one each, rollout actors take one."""
 BUILTIN_DATASETS = ("countdown", "arc-agi-1", "arc-agi-2")
@@ -306,8 +313,11 @@ class Resources(Spec):
 class Placement(Spec):
     """Pod settings shared by the trainer and the rollout fleet."""
 
-    image: Image = DEFAULT_IMAGE
-    """Container image with Zeroth installed."""
+    image: Image | None = None
+    """Container image with Zeroth installed. Default: this Zeroth version's image, `ghcr.io/zeroth-dev/zeroth:VERSION`
+    (the CPU flavour) in a run without GPUs, `ghcr.io/zeroth-dev/zeroth:VERSION-cuda` in a run with any:
+    one image for every pod of a run, so the trainer, the Ray head and the rollout workers share their
+    torch and Ray versions."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     """Image pull policy."""
     resources: Resources = Field(default_factory=Resources)
@@ -450,6 +460,17 @@ class ReasoningRunSpec(Spec):
     """Kueue LocalQueue that admits the run's pods as one workload."""
     priority_class_name: DnsName | None = None
     """PriorityClass of the run's pods."""
+
+    def default_image(self) -> str:
+        """This version's image, for the pods whose `image` is unset: the CUDA flavour when any pod of
+        the run has GPUs, else the CPU flavour."""
+        return CUDA_IMAGE if self.trainer.gpus_per_replica or self.rollout.gpus_per_replica else DEFAULT_IMAGE
+
+    def trainer_image(self) -> str:
+        return self.trainer.image or self.default_image()
+
+    def rollout_image(self) -> str:
+        return self.rollout.image or self.default_image()
 
 
 # ---------------------------------------------------------------------------------------- status

@@ -298,9 +298,24 @@ def test_trainer_pod_identity():
     assert spec["restartPolicy"] == "Never"
     assert c["ports"] == [{"name": "rendezvous", "containerPort": 29500, "protocol": "TCP"},
                           {"name": "metrics", "containerPort": 9400, "protocol": "TCP"}]
-    assert (c["image"], c["imagePullPolicy"]) == ("ghcr.io/zeroth-dev/zeroth:0.1.0", "IfNotPresent")
+    assert (c["image"], c["imagePullPolicy"]) == ("ghcr.io/zeroth-dev/zeroth:0.1.0-cuda", "IfNotPresent")
     with pytest.raises(ValueError):
         builders.trainer_pod(CASES["gpu"], UID, 2, attempt=0)
+
+
+def test_one_default_image_a_run():
+    """Unset images default to this version's image, one flavour for every pod of the run: CUDA
+    when any pod has GPUs (the CPU-only Ray head included), else CPU; an image that is set wins."""
+    def images(run):
+        return [p["spec"]["containers"][0]["image"] for p in
+                (builders.trainer_pod(run, UID, 0, 0), builders.ray_head_pod(run, UID), builders.rollout_pod(run, UID, 0))]
+
+    assert images(CASES["cpu"]) == ["ghcr.io/zeroth-dev/zeroth:0.1.0"] * 3
+    assert images(CASES["gpu"]) == ["ghcr.io/zeroth-dev/zeroth:0.1.0-cuda"] * 3
+    half = validation.validate(_manifest("half", trainer={**CPU, "gpusPerReplica": 1}, rollout=CPU_ROLLOUT))
+    assert images(half) == ["ghcr.io/zeroth-dev/zeroth:0.1.0-cuda"] * 3
+    mine = validation.validate(_manifest("mine", trainer={**CPU, "image": "me/t:1"}, rollout={**CPU_ROLLOUT, "image": "me/r:2"}))
+    assert images(mine) == ["me/t:1", "me/r:2", "me/r:2"]
 
 
 def _mounts(pod: dict) -> dict[str, dict]:
