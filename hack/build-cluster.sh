@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local control plane from upstream Go modules into Zeroth's cache, once per version set:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl (one multi-call binary,
-# hack/kube), kwok and helm (go install at pinned tags). Prints the bin directory on stdout.
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, and the real node's kubelet
+# and kube-proxy (one multi-call binary, hack/kube), kwok and helm (go install at pinned tags).
+# Prints the bin directory on stdout.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
@@ -20,7 +21,7 @@ done
 t0=$SECONDS
 log "building Kubernetes v$KUBE_VERSION control plane (first time: about 7 min on 2 cores) ..."
 (cd "$here/kube" && go build -trimpath -ldflags "$ldflags" -o "$out/bin/zkube" .)
-for n in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd; do ln -sf zkube "$out/bin/$n"; done
+for n in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kubelet kube-proxy; do ln -sf zkube "$out/bin/$n"; done
 log "zkube built in $((SECONDS - t0)) s"
 t0=$SECONDS
 GOBIN=$out/bin go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@v$KWOK_VERSION"

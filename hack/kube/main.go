@@ -1,10 +1,12 @@
 // Command zkube is a multi-call binary of the upstream Kubernetes control plane, built from the
 // k8s.io/kubernetes Go module at the version pinned in hack/versions.env. It dispatches on the name
-// it is called by (symlinks kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd),
-// like hyperkube did, so the five share one build of their common packages.
+// it is called by (symlinks kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd,
+// and the real node's kubelet and kube-proxy), like hyperkube did, so the seven share one build of
+// their common packages.
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -22,7 +24,9 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 func main() {
@@ -40,10 +44,14 @@ func main() {
 		if err := cli.RunNoErrOutput(command); err != nil {
 			kubectlutil.CheckErr(err)
 		}
+	case "kubelet":
+		os.Exit(cli.Run(kubelet.NewKubeletCommand(context.Background())))
+	case "kube-proxy":
+		os.Exit(cli.Run(proxy.NewProxyCommand()))
 	case "etcd":
 		etcdmain.Main(os.Args)
 	default:
-		fmt.Fprintf(os.Stderr, "zkube: call me as kube-apiserver, kube-controller-manager, kube-scheduler, kubectl or etcd (got %q)\n", name)
+		fmt.Fprintf(os.Stderr, "zkube: call me as kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, etcd, kubelet or kube-proxy (got %q)\n", name)
 		os.Exit(2)
 	}
 }
