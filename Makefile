@@ -14,7 +14,7 @@ VENV := $(ZEROTH_CACHE)/venv-$(LOCK_KEY)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv model crd cluster-build cluster-up cluster-down kueue-up kueue-down test test-unit test-integration lint run bench lock clean-cache
+.PHONY: help venv model image image-name crd cluster-build cluster-up cluster-down kueue-up kueue-down test test-unit test-integration lint run bench lock clean-cache
 
 help:
 	@echo "make run           a real RL run on this CPU (examples/countdown-tiny.yaml)"
@@ -24,6 +24,7 @@ help:
 	@echo "make kueue-up      start Kueue against it (queueName admission); kueue-down stops it"
 	@echo "make crd           regenerate charts/zeroth/crds/ from zeroth/api.py"
 	@echo "make lock          re-resolve requirements.lock from pyproject.toml"
+	@echo "make image         Zeroth's image, without a daemon (FLAVOUR=cpu|cuda); image-name prints its name"
 
 $(UV):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target $(ZEROTH_CACHE)/uv-$(UV_VERSION) uv==$(UV_VERSION)
@@ -44,8 +45,21 @@ venv: $(VENV)/.synced
 model: venv
 	$(PY) -m zeroth.trainer.build_model examples/countdown-tiny.yaml >/dev/null
 
+# Zeroth's image (FLAVOUR cpu or cuda), as the Dockerfile builds it but without a daemon (root,
+# mmdebstrap, chroot, umoci): prints the OCI archive it wrote (hack/build-image.sh says how).
+FLAVOUR ?= cpu
+IMAGE_NAME = $(PY) -c 'from zeroth import api; print({"cpu": api.DEFAULT_IMAGE, "cuda": api.CUDA_IMAGE}["$(FLAVOUR)"])'
+
+image-name: venv
+	@$(IMAGE_NAME)
+
+image: venv model
+	@UV=$(UV) ZEROTH_PY=$(PY) hack/build-image.sh $(FLAVOUR) "$$($(IMAGE_NAME))"
+
+# requirements.lock: the tests' environment and the cpu image; requirements-cuda.lock: the cuda image (vLLM).
 lock: | $(UV)
 	$(UV) pip compile --quiet pyproject.toml --extra test --extra operator --extra engine --python $(PYTHON) --python-version 3.11 -o requirements.lock
+	$(UV) pip compile --quiet pyproject.toml --extra operator --extra engine --extra vllm --python $(PYTHON) --python-version 3.11 -o requirements-cuda.lock
 
 crd: venv
 	$(PY) -m zeroth.crd > charts/zeroth/crds/reasoningruns.yaml
