@@ -66,6 +66,7 @@ crd: venv
 
 cluster-build:
 	hack/build-cluster.sh >/dev/null
+	hack/build-node.sh >/dev/null
 	hack/build-kueue.sh >/dev/null
 
 cluster-up: cluster-build

@@ -1,19 +1,26 @@
 #!/usr/bin/env python3
-"""Starts and stops a real Kubernetes control plane on loopback, for tests and local use.
+"""Starts and stops a real Kubernetes cluster on this machine, for tests and local use.
 
     python hack/cluster.py up      # build if needed, start, wait until ready; reuse one already up
-    python hack/cluster.py down    # stop what `up` started, by process id
+    python hack/cluster.py down    # stop what `up` started (by process id) and remove the real node
     python hack/cluster.py env     # print KUBECONFIG and PATH for a shell: eval "$(... env)"
+    python hack/cluster.py load-image ARCHIVE NAME   # an OCI archive into the real node, as NAME
 
-etcd, kube-apiserver (TLS, token authentication, RBAC, Pod Security admission),
-kube-controller-manager, kube-scheduler and kwok, built from upstream Go modules by
-hack/build-cluster.sh. kwok stands in for kubelets: it keeps fake nodes Ready and moves pods through
-their phases. No container ever runs. Standard library only, so it runs before any virtualenv exists.
+etcd, kube-apiserver (TLS, token authentication, Node and RBAC authorization, Pod Security
+admission), kube-controller-manager, kube-scheduler and kwok, built from upstream Go modules by
+hack/build-cluster.sh. kwok stands in for kubelets on the fake nodes: it keeps them Ready and moves
+pods through their phases without running anything. Beside them, one real node (hack/node.py): a
+kubelet with containerd, in its own network namespace, labelled REAL_NODE_LABEL and tainted
+REAL_NODE_TAINT so that only pods that ask for it run there (hack/build-node.sh builds its parts).
+The API server listens on the host's end of that node's veth (API_HOST), not on 127.0.0.1, so pods
+can reach it too; the other components stay on 127.0.0.1.
+Standard library only, so it runs before any virtualenv exists.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import secrets
@@ -26,6 +33,9 @@ import urllib.request
 from pathlib import Path
 
 HACK = Path(__file__).resolve().parent
+sys.path.insert(0, str(HACK))
+import node  # noqa: E402 - this directory's node.py
+
 CACHE = Path(os.environ.get("ZEROTH_CACHE", Path.home() / ".cache" / "zeroth"))
 STATE = Path(os.environ.get("ZEROTH_CLUSTER_DIR", CACHE / "cluster"))
 PORTS = {"etcd": 23790, "etcd-peer": 23800, "apiserver": 26443, "controller-manager": 26257, "scheduler": 26259, "kwok": 26080}
@@ -36,6 +46,12 @@ GPU_NODES = 4
 GPUS_PER_NODE = 8
 GPU_LABEL = "nvidia.com/gpu.present"
 GPU_RESOURCE = "nvidia.com/gpu"
+# The real node: pods that want it select the label and tolerate the taint (NoSchedule).
+REAL_NODE = node.NAME
+REAL_NODE_LABEL = "zeroth.dev/node"
+REAL_NODE_LABEL_VALUE = "real"
+REAL_NODE_TAINT = "zeroth.dev/real-node"
+API_HOST = node.HOST_IP  # where the API server listens: reachable from the host and from pods
 
 
 def log(msg: str) -> None:
@@ -53,8 +69,18 @@ def bin_dir() -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
+def node_dir() -> Path:
+    """hack/build-node.sh's output: containerd, CNI plugins, CoreDNS, the policy enforcer, images."""
+    out = subprocess.run([str(HACK / "build-node.sh")], check=True, stdout=subprocess.PIPE, text=True).stdout
+    return Path(out.strip().splitlines()[-1])
+
+
 def kubeconfig() -> Path:
     return STATE / "kubeconfig"
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2))  # JSON is YAML
 
 
 # ------------------------------------------------------------------------------- certificates
@@ -69,26 +95,41 @@ def make_pki(pki: Path) -> None:
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=zeroth-test-ca",
              "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"))
     ext = pki / "serving.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,"
+    ext.write_text(f"subjectAltName=IP:127.0.0.1,IP:{API_HOST},IP:10.96.0.1,DNS:localhost,DNS:kubernetes,"
                    "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n"
                    "extendedKeyUsage=serverAuth\n")
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=kube-apiserver",
              "-keyout", str(pki / "apiserver.key"), "-out", str(pki / "apiserver.csr"))
     _openssl("x509", "-req", "-in", str(pki / "apiserver.csr"), "-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"),
              "-CAcreateserial", "-days", "3650", "-extfile", str(ext), "-out", str(pki / "apiserver.crt"))
+    # the API server's client certificate for kubelets (logs, exec): a cluster admin to their webhook
+    (pki / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/O=system:masters/CN=kube-apiserver-kubelet-client",
+             "-keyout", str(pki / "kubelet-client.key"), "-out", str(pki / "kubelet-client.csr"))
+    _openssl("x509", "-req", "-in", str(pki / "kubelet-client.csr"), "-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"),
+             "-CAcreateserial", "-days", "3650", "-extfile", str(pki / "client.ext"), "-out", str(pki / "kubelet-client.crt"))
     _openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
     _openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
 
 
+TOKEN_USERS = {  # who the static tokens authenticate: user name and groups
+    "admin": ("zeroth-admin", "system:masters"),
+    "controller-manager": ("system:kube-controller-manager", ""),
+    "scheduler": ("system:kube-scheduler", ""),
+    # the real node: its kubelet (Node authorizer), kube-proxy (bootstrap RBAC's system:node-proxier),
+    # and two add-ons whose ClusterRoles node.py applies
+    "kubelet": (f"system:node:{node.NAME}", "system:nodes"),
+    "kube-proxy": ("system:kube-proxy", ""),
+    "coredns": ("zeroth:coredns", ""),
+    "kube-router": ("zeroth:kube-router", ""),
+}
+
+
 def make_tokens(path: Path) -> dict[str, str]:
-    """Static bearer tokens: the admin user, and the two controllers under their bootstrap RBAC names."""
-    users = {
-        "admin": ("zeroth-admin", "system:masters"),
-        "controller-manager": ("system:kube-controller-manager", ""),
-        "scheduler": ("system:kube-scheduler", ""),
-    }
-    tokens = {k: secrets.token_hex(16) for k in users}
-    path.write_text("".join(f'{tokens[k]},{name},{name},"{groups}"\n' for k, (name, groups) in users.items()))
+    """Static bearer tokens: the admin user, the two controllers under their bootstrap RBAC names,
+    and the real node's components."""
+    tokens = {k: secrets.token_hex(16) for k in TOKEN_USERS}
+    path.write_text("".join(f'{tokens[k]},{name},{name},"{groups}"\n' for k, (name, groups) in TOKEN_USERS.items()))
     return tokens
 
 
@@ -96,7 +137,7 @@ def write_kubeconfig(path: Path, token: str, user: str) -> None:
     cfg = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "zeroth-local", "cluster": {"server": f"https://127.0.0.1:{PORTS['apiserver']}",
+        "clusters": [{"name": "zeroth-local", "cluster": {"server": f"https://{API_HOST}:{PORTS['apiserver']}",
                                                          "certificate-authority": str(STATE / "pki" / "ca.crt")}}],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": "zeroth-local", "context": {"cluster": "zeroth-local", "user": user}}],
@@ -213,35 +254,37 @@ def stages(bins: Path) -> list[Path]:
     return upstream + ours
 
 
-def fingerprint(bins: Path) -> str:
-    """What a running control plane was started from: its binaries and kwok's stages. A cluster
-    started from anything else is restarted by `up`."""
-    digest = hashlib.sha256(str(bins).encode())
-    for s in stages(bins):
+def fingerprint(bins: Path, node_bins: Path) -> str:
+    """What a running control plane was started from: its binaries, the node's, kwok's stages and
+    these scripts. A cluster started from anything else is restarted by `up`."""
+    digest = hashlib.sha256(f"{bins}\n{node_bins}".encode())
+    for s in [*stages(bins), HACK / "cluster.py", HACK / "node.py"]:
         digest.update(s.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def is_up(bins: Path | None = None) -> bool:
+def is_up(bins: Path | None = None, node_bins: Path | None = None) -> bool:
     ready = STATE / "ready"
-    if not ready.exists() or any(_running(c) is None for c in COMPONENTS):
+    if not ready.exists() or any(_running(c) is None for c in (*COMPONENTS, *node.COMPONENTS)):
         return False
-    if bins is not None and ready.read_text().strip() != fingerprint(bins):
+    if bins is not None and node_bins is not None and ready.read_text().strip() != fingerprint(bins, node_bins):
         return False
     try:
         token = json.loads(kubeconfig().read_text())["users"][0]["user"]["token"]
-        return _https_ok(f"https://127.0.0.1:{PORTS['apiserver']}/readyz", token)
+        return _https_ok(f"https://{API_HOST}:{PORTS['apiserver']}/readyz", token)
     except Exception:  # noqa: BLE001
         return False
 
 
 def up() -> None:
     bins = bin_dir()
-    if is_up(bins):
+    node_bins = node_dir()
+    if is_up(bins, node_bins):
         log(f"already up: KUBECONFIG={kubeconfig()}")
         return
     down(quiet=True)
     t0 = time.monotonic()
+    the_node = node.Node(sys.modules[__name__], node_bins)
     (STATE / "ready").unlink(missing_ok=True)
     for sub in ("pids", "logs"):
         (STATE / sub).mkdir(parents=True, exist_ok=True)
@@ -250,8 +293,9 @@ def up() -> None:
     make_pki(STATE / "pki")
     tokens = make_tokens(STATE / "pki" / "tokens.csv")
     write_kubeconfig(kubeconfig(), tokens["admin"], "zeroth-admin")
-    write_kubeconfig(STATE / "controller-manager.kubeconfig", tokens["controller-manager"], "system:kube-controller-manager")
-    write_kubeconfig(STATE / "scheduler.kubeconfig", tokens["scheduler"], "system:kube-scheduler")
+    for key in TOKEN_USERS.keys() - {"admin"}:
+        write_kubeconfig(STATE / f"{key}.kubeconfig", tokens[key], TOKEN_USERS[key][0])
+    the_node.network_up()  # before the API server: it listens on the node's veth
     pki = STATE / "pki"
     etcd_url = f"http://127.0.0.1:{PORTS['etcd']}"
     peer_url = f"http://127.0.0.1:{PORTS['etcd-peer']}"
@@ -266,17 +310,22 @@ def up() -> None:
 
     start("kube-apiserver", [
         str(bins / "kube-apiserver"), f"--etcd-servers={etcd_url}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={PORTS['apiserver']}",
+        f"--bind-address={API_HOST}", f"--advertise-address={API_HOST}", f"--secure-port={PORTS['apiserver']}",
         f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
         f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={pki / 'tokens.csv'}",
-        "--authorization-mode=RBAC", "--anonymous-auth=false",
+        "--authorization-mode=Node,RBAC", "--anonymous-auth=false", "--kubelet-preferred-address-types=InternalIP",
+        f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}", f"--kubelet-client-key={pki / 'kubelet-client.key'}",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
         f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
-        f"--service-cluster-ip-range={SERVICE_CIDR}", "--endpoint-reconciler-type=none",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",  # `kubernetes` Service endpoint: API_HOST
         f"--cert-dir={pki}",
     ])
-    wait_for("kube-apiserver /readyz", lambda: _https_ok(f"https://127.0.0.1:{PORTS['apiserver']}/readyz", tokens["admin"]),
+    wait_for("kube-apiserver /readyz", lambda: _https_ok(f"https://{API_HOST}:{PORTS['apiserver']}/readyz", tokens["admin"]),
              component="kube-apiserver")
+    kubectl(bins, "apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": the_node.api_objects()}))
+    the_node.write_configs(pki)
+    the_node.start_runtime()
+    the_node.start_kubernetes(bins)  # the kubelet registers while the rest comes up
 
     start("kube-controller-manager", [
         str(bins / "kube-controller-manager"), f"--kubeconfig={STATE / 'controller-manager.kubeconfig'}",
@@ -307,8 +356,10 @@ def up() -> None:
     # The controller-manager creates each namespace's default ServiceAccount; pods need it.
     wait_for("the default ServiceAccount", lambda: kubectl(bins, "get", "serviceaccount", "default", "-o", "name"),
              component="kube-controller-manager")
-    (STATE / "ready").write_text(fingerprint(bins) + "\n")
-    log(f"up in {time.monotonic() - t0:.1f}s: {CPU_NODES} CPU and {GPU_NODES} GPU kwok nodes; KUBECONFIG={kubeconfig()}")
+    the_node.wait_ready(bins)
+    (STATE / "ready").write_text(fingerprint(bins, node_bins) + "\n")
+    log(f"up in {time.monotonic() - t0:.1f}s: {CPU_NODES} CPU and {GPU_NODES} GPU kwok nodes, real node {REAL_NODE}; "
+        f"KUBECONFIG={kubeconfig()}")
 
 
 def stop(names: list[str]) -> list[str]:
@@ -331,8 +382,12 @@ def stop(names: list[str]) -> list[str]:
 
 def down(quiet: bool = False) -> None:
     (STATE / "ready").unlink(missing_ok=True)
-    add_ons = sorted({p.stem for p in (STATE / "pids").glob("*.pid")} - set(COMPONENTS))  # e.g. kueue.py's
-    stopped = stop([*add_ons, *reversed(COMPONENTS)])
+    add_ons = sorted({p.stem for p in (STATE / "pids").glob("*.pid")} - set(COMPONENTS) - set(node.COMPONENTS))  # e.g. kueue.py's
+    stopped = stop(add_ons)
+    the_node = node.Node(sys.modules[__name__], None)
+    stopped += the_node.down()
+    stopped += stop(list(reversed(COMPONENTS)))
+    the_node.network_down()  # after the API server, which listens on the node's veth
     if not quiet or stopped:
         log(f"stopped {', '.join(stopped) or 'nothing (none running)'}")
 
@@ -342,13 +397,26 @@ def env() -> None:
     print(f"export PATH={bin_dir()}:$PATH")
 
 
+def load_image(archive: str, name: str) -> None:
+    """An OCI image archive into the running real node's containerd, as `name` (node.Node.load_image)."""
+    t0 = time.monotonic()
+    try:
+        node.Node(sys.modules[__name__], node_dir()).load_image(Path(archive), name)
+    except RuntimeError as e:
+        raise SystemExit(f"[cluster] load-image: {e}") from None
+    log(f"loaded {archive} as {name} in {time.monotonic() - t0:.1f}s")
+
+
 def main(argv: list[str], commands: dict | None = None, doc: str | None = __doc__) -> int:
-    """`python <script> COMMAND`: this script's commands, or another hack/ script's."""
-    commands = commands or {"up": up, "down": down, "env": env}
-    if len(argv) != 2 or argv[1] not in commands:
+    """`python <script> COMMAND [ARGS]`: this script's commands, or another hack/ script's."""
+    commands = commands or {"up": up, "down": down, "env": env, "load-image": load_image}
+    try:
+        command = commands[argv[1]]
+        inspect.signature(command).bind(*argv[2:])
+    except (IndexError, KeyError, TypeError):
         print(doc, file=sys.stderr)
         return 2
-    commands[argv[1]]()
+    command(*argv[2:])
     return 0
 
 
