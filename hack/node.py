@@ -6,7 +6,8 @@ and a NetworkPolicy enforcer, beside the kwok nodes. Imported by cluster.py; sta
 How it is put together, and why:
   * Network: the node has its own network namespace (NETNS), joined to the host only by a veth pair:
     HOST_IP on the host side (VETH), NODE_IP inside. The API server binds and advertises HOST_IP, so
-    the kubelet, kube-proxy and pods reach it, and `kubernetes.default.svc` has a real endpoint.
+    the kubelet, kube-proxy and pods reach it, and `kubernetes.default.svc` has a real endpoint;
+    pods reach the host at that port only (`host_guard`).
     Pods get addresses from POD_CIDR on a CNI bridge inside the node's namespace, whose only other
     link is the veth; the host has one route, POD_CIDR over the veth, so the API server can answer
     pods. There is no default route in the node's namespace, no NAT and no forwarding on the host:
@@ -113,12 +114,29 @@ class Node:
         run("link", "set", self.veth, "up")
         if self.pod_cidr:
             run("route", "add", self.pod_cidr, "via", self.node_ip, "dev", self.veth)
+            subprocess.run(["ip", "netns", "exec", self.netns, "nft", "-f", "-"], input=self.host_guard(), text=True,
+                           check=True, capture_output=True)
         inside = lambda *a: run("-n", self.netns, *a)  # noqa: E731
         inside("link", "set", "lo", "up")
         inside("addr", "add", f"{self.node_ip}/{VETH_PREFIX}", "dev", "eth0")
         inside("link", "set", "eth0", "up")
         for key in ("net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=1"):
             subprocess.run(["ip", "netns", "exec", self.netns, "sysctl", "-qw", key], check=True, capture_output=True)
+
+    def host_guard(self) -> str:
+        """nftables rules for the node's namespace: pods reach the host at the API server's port
+        and nowhere else (the host may serve other things on all its addresses). A base chain of
+        its own, before iptables' (priority -10), after kube-proxy's DNAT: a Service cannot be a
+        way around it, and kube-router's rules cannot accept past it."""
+        api = self.c.PORTS["apiserver"]
+        return f"""table ip zeroth-node-guard {{
+    chain forward {{
+        type filter hook forward priority -10; policy accept;
+        ip saddr {self.pod_cidr} ip daddr {self.host_ip} tcp dport != {api} drop
+        ip saddr {self.pod_cidr} ip daddr {self.host_ip} meta l4proto != tcp drop
+    }}
+}}
+"""
 
     # ----------------------------------------------------------------------------- configuration
 

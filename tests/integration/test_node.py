@@ -8,11 +8,14 @@ own wget crashes)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -171,6 +174,27 @@ def test_a_pod_reaches_the_api_server_with_its_service_account_token(cluster: Cl
         f"curl -sS --max-time 5 --cacert {sa}/ca.crt -H \"Authorization: Bearer $(cat {sa}/token)\" "
         f"https://kubernetes.default.svc/api/v1/namespaces/{namespace}/secrets")).stdout
     assert json.loads(denied)["code"] == 403, denied
+
+
+def test_pods_reach_the_host_only_at_the_api_server(cluster: Cluster, namespace: str):
+    cluster.apply(client("nosy"), "-n", namespace)
+    running(cluster, namespace, "nosy")
+
+    def answer(listener: socket.socket) -> None:  # accept and hang up, until the listener closes
+        with contextlib.suppress(OSError):
+            while True:
+                listener.accept()[0].close()
+
+    with socket.create_server((node.HOST_IP, 0)) as listener:  # something else the host serves
+        threading.Thread(target=answer, args=(listener,), daemon=True).start()
+        port = listener.getsockname()[1]
+        socket.create_connection((node.HOST_IP, port), timeout=3).close()  # it does, to the host itself
+        reached = sh(cluster, namespace, "nosy", f"curl -sS --connect-timeout 2 http://{node.HOST_IP}:{port}/", check=False)
+    # 28: the connection timed out (dropped); anything else (52, 56: the host hung up) means it got through
+    assert reached.returncode == 28, (reached.returncode, reached.stderr)
+    api = sh(cluster, namespace, "nosy", f"curl -sk --max-time 3 https://{node.HOST_IP}:{hack_cluster.PORTS['apiserver']}/livez",
+             check=False)
+    assert api.returncode == 0, api.stderr  # the API server's port stays open (/livez needs no token)
 
 
 def test_network_policy_allows_only_the_labelled_pods(cluster: Cluster, namespace: str):
