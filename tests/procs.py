@@ -16,8 +16,8 @@ What they all keep is the environment they inherit. So:
   plus every live descendant of pytest (it is a child subreaper, so orphans come back to it even
   when their environment was replaced), and the session fails naming them.
 
-Processes started with an environment of their own (a pod's container in tests/e2e/test_pods_run.py)
-must be given `tag()` explicitly; the descendant check catches them if they are not.
+Processes started with an environment of their own must be given `tag()` explicitly; the
+descendant check catches them if they are not.
 """
 
 from __future__ import annotations

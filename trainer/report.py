@@ -79,19 +79,29 @@ class Reporter:
                 m(key).set(record[key])
         self._write(record)
         self._export(record["step"], samples)
+        self._say(f"step {record['step']}/{self.spec.algorithm.max_steps}", record, "reward_mean", "accuracy", "loss",
+                  "kl", "tokens_per_second", "step_seconds")
         self._progress(step=record["step"], rewardMean=record["reward_mean"],
                        tokensPerSecond=record["tokens_per_second"], weightsVersion=record["weights_version"])
 
     def checkpoint(self, step: int) -> None:
         """A complete checkpoint at `step`; status.progress is patched now (the last step always checkpoints)."""
         self._m("checkpoint_step").set(step)
+        self._say(f"checkpoint step {step}", {})
         self._progress(force=True, lastCheckpointStep=step)
 
     def evaluation(self, record: dict[str, Any]) -> None:
         for kind in ("greedy", "pass@k", "maj@k"):
             self._m("eval_accuracy", kind=kind).set(record[f"eval_{kind}"])
         self._write(record)
+        self._say(f"eval step {record['step']}", record, "eval_greedy", "eval_pass@k", "eval_maj@k")
         self._progress(accuracy=record["eval_greedy"])  # status shows held-out accuracy, not the training samples'
+
+    @staticmethod
+    def _say(head: str, record: dict[str, Any], *keys: str) -> None:
+        """One line on stdout (`kubectl logs` of rank 0; trainer.log locally): `step 3/8 reward_mean=0.412 ...`."""
+        values = " ".join(f"{k}={record[k]:.4g}" for k in keys if isinstance(record.get(k), (int, float)))
+        print(f"{head} {values}".rstrip(), flush=True)
 
     def _write(self, record: dict[str, Any]) -> None:
         self.history.append(record)

@@ -11,9 +11,7 @@ API server costs a bounded share of training time. Calls are synchronous: the co
 one small request on rank 0.
 
 Active only on a cluster: with ZEROTH_RUN, ZEROTH_NAMESPACE and KUBERNETES_SERVICE_HOST set.
-The credentials are the pod's mounted ServiceAccount token (`SERVICE_ACCOUNT_DIR`);
-`ZEROTH_SERVICE_ACCOUNT_DIR` names another directory of the same layout, only for running a pod's
-process outside its pod, as the tests do.
+The credentials are the pod's mounted ServiceAccount token (`SERVICE_ACCOUNT_DIR`).
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ from zeroth import api
 log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-SERVICE_ACCOUNT_DIR_ENV = "ZEROTH_SERVICE_ACCOUNT_DIR"  # only for a pod's process run outside its pod (tests)
 INTERVAL = 5.0
 MAX_BACKOFF = 60.0
 TIMEOUT = (3.0, 10.0)  # connect, read (seconds)
@@ -78,11 +75,11 @@ class StatusWriter:
                          token_dir: Path | None = None, **kwargs: Any) -> StatusWriter | None:
         """The writer for ZEROTH_RUN in ZEROTH_NAMESPACE, or None off a cluster or when the
         ServiceAccount's credentials cannot be read (logged: progress is not worth a failed run).
-        Credentials from `token_dir`, else $ZEROTH_SERVICE_ACCOUNT_DIR, else the in-cluster path."""
+        Credentials from `token_dir` (tests), else the in-cluster path."""
         if not active(environ):
             return None
         if token_dir is None:
-            token_dir = Path(environ.get(SERVICE_ACCOUNT_DIR_ENV) or SERVICE_ACCOUNT_DIR)
+            token_dir = SERVICE_ACCOUNT_DIR
         try:
             from kubernetes import client
 

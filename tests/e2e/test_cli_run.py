@@ -40,6 +40,9 @@ def test_ctrl_c_checkpoints_then_resume_finishes_and_eval_scores(tmp_path):
 
     finish(start_run(tmp_path, resume=run_dir))
     assert [r["step"] for r in steps(run_dir)] == list(range(1, 9))  # nothing lost, nothing repeated
+    # rank 0 says each step on its stdout (trainer.log here; `kubectl logs` in a pod)
+    log = (run_dir / "trainer.log").read_text()
+    assert "step 8/8 reward_mean=" in log and "checkpoint step 8" in log, log[-3000:]
 
     proc = subprocess.run([sys.executable, "-m", "zeroth", "eval", str(run_dir), "--k", "4", "--limit", "16"],
                           capture_output=True, text=True, timeout=scaled(300))
