@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -112,11 +113,15 @@ def _skip_shared_memory_allreduce() -> None:
 
 
 def _keep_copy(text: str, path: Path) -> None:
-    """Writes the manifest to `path` unless it exists; atomically, as ranks sharing a volume may race."""
+    """Writes the manifest to `path` unless it exists; atomically, as ranks sharing a volume may race.
+    The temporary file's name is unique on the volume, not just in this process's PID namespace:
+    every rank's container may give it the same process id."""
     if path.exists():
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 

@@ -148,6 +148,38 @@ def countdown(name: str, claim_name: str, **spec) -> dict:
     return m
 
 
+BROKEN = {"CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "CreateContainerConfigError",
+          "CreateContainerError", "RunContainerError", "InvalidImageName"}
+
+
+def broken(cluster: Cluster, ns: str, selector: str) -> list[str]:
+    """The run's pods that cannot run: unschedulable, a container that could not start or that
+    exited or restarted. A failure says so at once rather than at the end of a wait."""
+    out = []
+    for p in pods(cluster, ns, selector):
+        name = p["metadata"]["name"]
+        for cond in p["status"].get("conditions", []):
+            if cond["type"] == "PodScheduled" and cond["status"] == "False":
+                out.append(f"{name}: {cond.get('reason')}: {cond.get('message')}")
+        for st in p["status"].get("containerStatuses", []):
+            waiting, done = st["state"].get("waiting", {}), st["state"].get("terminated") or st.get("lastState", {}).get("terminated")
+            if waiting.get("reason") in BROKEN:
+                out.append(f"{name}: {waiting['reason']}: {waiting.get('message', '')}")
+            elif done and done.get("exitCode") != 0:
+                out.append(f"{name}: exited {done.get('exitCode')} ({done.get('reason')})")
+    return out
+
+
+def healthy(cluster: Cluster, ns: str, selector: str, check):
+    """`check`, failing at once when a pod of the run is broken."""
+    def wrapped():
+        bad = broken(cluster, ns, selector)
+        if bad:
+            raise AssertionError("pods of the run cannot run:\n" + "\n".join(bad) + "\n" + describe(cluster, ns))
+        return check()
+    return wrapped
+
+
 def phase(cluster: Cluster, ns: str, name: str) -> dict:
     return cluster.get("reasoningrun", name, "-n", ns).get("status") or {}
 
@@ -236,13 +268,13 @@ def test_countdown_in_containers_killed_and_suspended(crd, operator_ns, namespac
         return describe(c, ns) + "\n---- operator:\n" + logs
 
     selector = f"zeroth.dev/run={name}"
-    wait_for("every pod Running", lambda: len([p for p in pods(c, ns, selector)
-                                                if p["status"].get("phase") == "Running"]) == 5, 600, explain)
-    assert len(running_containers(ns)) == 10  # each pod's container and its sandbox, as containerd sees them
+    wait_for("every pod Running", healthy(c, ns, selector, lambda: len([p for p in pods(c, ns, selector)
+                                                if p["status"].get("phase") == "Running"]) == 5), 600, explain)
+    assert len(running_containers(ns)) == 10, describe(c, ns)  # each pod's container and its sandbox, as containerd sees them
     for p in pods(c, ns, selector):
         assert p["spec"]["nodeName"] == HACK.REAL_NODE, p["metadata"]["name"]
     # training has started and checkpointed (every 2 steps)
-    wait_for("step 3", lambda: any(r["step"] >= 3 for r in metric_steps(run_dir)), 900, explain)
+    wait_for("step 3", healthy(c, ns, selector, lambda: any(r["step"] >= 3 for r in metric_steps(run_dir))), 900, explain)
     t_train = time.monotonic()
 
     # a real kill: the pod deleted, its container stopped by the kubelet; the gang restarts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -51,3 +52,27 @@ def test_rng_round_trip_through_json(tmp_path):
     torch.manual_seed(9)
     ckpt.restore_rng(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
+
+
+def test_ranks_sharing_a_volume_keep_one_manifest(tmp_path, monkeypatch):
+    """Two ranks in two containers (the same process id in each) copy the manifest to the shared run
+    directory at once: rank A's rename comes after rank B wrote and renamed its own copy. Neither
+    fails and the copy is whole (the first version named its temporary file by pid and failed here)."""
+    from zeroth.trainer import main as trainer_main
+
+    target = tmp_path / "run.json"
+    real_replace = os.replace
+    nested = []
+
+    def replace_after_the_other_rank(src, dst):
+        if not nested:
+            nested.append(1)
+            trainer_main._keep_copy('{"rank": "B"}', target)  # B runs whole while A is between write and rename
+        real_replace(src, dst)
+
+    monkeypatch.setattr(trainer_main.os, "getpid", lambda: 7)
+    monkeypatch.setattr(trainer_main.os, "replace", replace_after_the_other_rank)
+    target.unlink(missing_ok=True)
+    trainer_main._keep_copy('{"rank": "A"}', target)
+    assert target.read_text() in ('{"rank": "A"}', '{"rank": "B"}')
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary file left
