@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import signal
@@ -22,6 +23,14 @@ from tests import procs, speed
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def hack_module(path: str):
+    """A script under hack/ (standard library only, not a package), imported by its path: `cluster.py`."""
+    spec = importlib.util.spec_from_file_location("zeroth_hack_" + path.removesuffix(".py").replace("/", "_"), ROOT / "hack" / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 CRD_PATH = ROOT / "charts" / "zeroth" / "crds" / "reasoningruns.yaml"
 
 

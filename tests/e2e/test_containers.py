@@ -12,9 +12,9 @@ and the rendezvous ports.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests import speed
-from tests.conftest import ROOT, Cluster
+from tests.conftest import ROOT, Cluster, hack_module
 from tests.e2e.conftest import manifest
 from zeroth import api
 
@@ -31,14 +31,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.cluster,
               pytest.mark.skipif(os.geteuid() != 0, reason="the real node and make image need root")]
 
 
-def _hack_cluster():
-    spec = importlib.util.spec_from_file_location("zeroth_hack_cluster", ROOT / "hack" / "cluster.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-HACK = _hack_cluster()
+HACK = hack_module("cluster.py")
 NODE_SELECTOR = {HACK.REAL_NODE_LABEL: HACK.REAL_NODE_LABEL_VALUE}
 TOLERATIONS = [{"key": HACK.REAL_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}]
 # The real node has this machine's 2 CPUs: small requests, so the operator, the Ray head and four
@@ -50,7 +43,6 @@ MAX_STEPS = 60  # about 2 s a step here: long enough for a kill, probes and a su
 
 
 def sh(cluster: Cluster, *args: str, timeout: float = 120) -> str:
-    import subprocess
     proc = subprocess.run(args, capture_output=True, text=True, env=cluster.env(), timeout=speed.scaled(timeout))
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")

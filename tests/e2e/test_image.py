@@ -6,7 +6,6 @@ a checkout."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import speed
-from tests.conftest import ROOT
+from tests.conftest import ROOT, hack_module
 from zeroth import __version__, api
 from zeroth.operator import builders
 
@@ -51,9 +50,7 @@ def oci_archive(archive: Path) -> tuple[dict, dict, dict]:
 
 
 def test_configuration_is_the_dockerfiles(archive):
-    spec = importlib.util.spec_from_file_location("dockerfile_config", ROOT / "hack" / "image" / "dockerfile_config.py")
-    dc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dc)
+    dc = hack_module("image/dockerfile_config.py")
     want = dc.config((ROOT / "Dockerfile").read_text())
     index, manifest, image = oci_archive(archive)
     cfg = image["config"]

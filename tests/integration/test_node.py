@@ -9,7 +9,6 @@ own wget crashes)."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import socket
@@ -21,20 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, Cluster
+from tests.conftest import ROOT, Cluster, hack_module
 from tests.speed import scaled
 
 pytestmark = pytest.mark.cluster
 
 
-def _hack(name: str):
-    spec = importlib.util.spec_from_file_location(f"zeroth_hack_{name}", ROOT / "hack" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-hack_cluster = _hack("cluster")
+hack_cluster = hack_module("cluster.py")
 node = hack_cluster.node
 
 ON_REAL_NODE = {

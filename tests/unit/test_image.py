@@ -7,14 +7,13 @@ configuration; `make image` reads it from there (hack/image/dockerfile_config.py
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 import subprocess
 
 import yaml
 
 import zeroth
 from tests import speed
-from tests.conftest import ROOT
+from tests.conftest import ROOT, hack_module
 from zeroth import api
 from zeroth.operator import builders
 
@@ -22,10 +21,7 @@ CHART = ROOT / "charts" / "zeroth"
 
 
 def _dockerfile_config():
-    spec = importlib.util.spec_from_file_location("dockerfile_config", ROOT / "hack" / "image" / "dockerfile_config.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return hack_module("image/dockerfile_config.py")
 
 
 def test_one_version():
