@@ -303,12 +303,14 @@ def test_countdown_in_containers_killed_and_suspended(crd, operator_ns, namespac
     assert f"step {MAX_STEPS}/{MAX_STEPS} reward_mean=" in log and f"checkpoint step {MAX_STEPS}" in log, log[-3000:]
 
     # each time (the kill, the suspension) it went back to the newest checkpoint (every 2 steps) and
-    # on, one step at a time, to the end; a replayed step trained on the same prompts as before
+    # on, one step at a time, to the end; a replayed step trained on the same prompts as before. A
+    # disruption that lands just after a checkpoint (the suspension always checkpoints) replays
+    # nothing, so the steps may show no cut at all: status.restarts and resumes count the disruptions
     steps = metric_steps(run_dir)
     order = [r["step"] for r in steps]
     cuts = [0] + [i for i in range(1, len(order)) if order[i] != order[i - 1] + 1] + [len(order)]
     segments = [order[a:b] for a, b in zip(cuts, cuts[1:])]
-    assert len(segments) >= 2 and segments[0][0] == 1 and segments[-1][-1] == MAX_STEPS, order
+    assert sorted(set(order)) == list(range(1, MAX_STEPS + 1)) and order[-1] == MAX_STEPS, order
     for before, seg in zip(segments, segments[1:]):
         assert seg[0] <= before[-1] + 1 and (seg[0] - 1) % 2 == 0, order
     first: dict[int, str] = {}
