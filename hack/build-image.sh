@@ -74,14 +74,15 @@ offline=1; [ "$flavour" = cpu ] || offline=0
 # in_root LAYER [LOWER...] -- CMD...: runs CMD as root in a chroot of LAYER over the LOWER layers
 # (topmost first), in a mount namespace of its own: /proc, /dev, and tmpfs on /tmp, /root and /mnt,
 # which holds the sources (/mnt/src), uv (/mnt/bin) and its cache (/mnt/uv-cache), and the model
-# (/mnt/model/NAME). Nothing but CMD's own writes lands in LAYER.
+# (/mnt/model/NAME). Nothing but CMD's own writes lands in LAYER. The host's SSL_CERT_FILE, when
+# set (a proxy's CA), is bound at /mnt/ca.pem for uv's downloads only; the image keeps Debian's CAs.
 in_root() {
   local layer=$1; shift
   local lowers=(); while [ "$1" != -- ]; do lowers+=("$1"); shift; done; shift
   local lower_opt; lower_opt=$(IFS=:; echo "${lowers[*]}")
   rm -rf "$layer.work" "$layer.merged"; mkdir -p "$layer" "$layer.work" "$layer.merged"
   unshare --mount --propagation private -- bash -euc '
-    layer=$1 lower=$2 src=$3 uv=$4 uvcache=$5 model=$6 offline=$7; shift 7; m=$layer.merged
+    layer=$1 lower=$2 src=$3 uv=$4 uvcache=$5 model=$6 offline=$7 cafile=$8; shift 8; m=$layer.merged
     if [ -n "$lower" ]; then
       mount -t overlay overlay -o "lowerdir=$lower,upperdir=$layer,workdir=$layer.work" "$m"
     else
@@ -92,9 +93,11 @@ in_root() {
     mkdir -p "$m/mnt/src" "$m/mnt/bin" "$m/mnt/uv-cache" "$m/mnt/model/${model##*/}"; touch "$m/mnt/bin/uv"
     mount --bind "$src" "$m/mnt/src"; mount --bind "$uv" "$m/mnt/bin/uv"; mount --bind "$uvcache" "$m/mnt/uv-cache"
     mount --bind "$model" "$m/mnt/model/${model##*/}"; mount --bind /etc/resolv.conf "$m/etc/resolv.conf"
+    ca=()
+    if [ -n "$cafile" ]; then touch "$m/mnt/ca.pem"; mount --bind "$cafile" "$m/mnt/ca.pem"; ca=(SSL_CERT_FILE=/mnt/ca.pem); fi
     exec chroot "$m" /usr/bin/env -i PATH=/mnt/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
-      UV_CACHE_DIR=/mnt/uv-cache UV_OFFLINE="$offline" "$@"
-  ' in_root "$layer" "$lower_opt" "$src" "$uv" "$UV_CACHE_DIR" "$model_dir" "$offline" "$@"
+      UV_CACHE_DIR=/mnt/uv-cache UV_OFFLINE="$offline" "${ca[@]}" "$@"
+  ' in_root "$layer" "$lower_opt" "$src" "$uv" "$UV_CACHE_DIR" "$model_dir" "$offline" "${SSL_CERT_FILE:-}" "$@"
   rmdir "$layer.merged"; rm -rf "$layer.work"
   # a deletion in an overlay's upper folder is a character device; no step deletes from a layer below
   if [ "${#lowers[@]}" -gt 0 ] && [ -n "$(find "$layer" -type c -print -quit)" ]; then
