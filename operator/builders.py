@@ -54,6 +54,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_NODE_LABEL = "nvidia.com/gpu.present"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 RAY_HEAD_RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}}
+# `ray health-check` in a loop: a Python process importing Ray
+WAIT_FOR_HEAD_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
 
 
 # ---------------------------------------------------------------------------------- names, labels
@@ -341,14 +343,13 @@ def _token_env(name: str) -> list[dict[str, Any]]:
 
 def _pod(run: api.ReasoningRun, uid: str, metadata: dict[str, Any], container: dict[str, Any],
          volumes: list[dict[str, Any]], *, restart_policy: str, automount_token: bool = False,
-         extra: dict[str, Any] | None = None) -> dict[str, Any]:
+         extra: dict[str, Any] | None = None, init: dict[str, Any] | None = None) -> dict[str, Any]:
     """What every pod shares: the run's identity, the restricted profile, Kueue's priority."""
     scratch_volumes, scratch_mounts = _scratch()
-    container = {
-        **container,
-        "securityContext": _container_security(),
-        "volumeMounts": scratch_mounts + container.get("volumeMounts", []),
-    }
+
+    def hardened(c: dict[str, Any]) -> dict[str, Any]:
+        return {**c, "securityContext": _container_security(), "volumeMounts": scratch_mounts + c.get("volumeMounts", [])}
+
     spec: dict[str, Any] = {
         "serviceAccountName": run.metadata.name,
         "automountServiceAccountToken": automount_token,
@@ -356,10 +357,12 @@ def _pod(run: api.ReasoningRun, uid: str, metadata: dict[str, Any], container: d
         "enableServiceLinks": False,
         "restartPolicy": restart_policy,
         "securityContext": _pod_security(),
-        "containers": [container],
+        "containers": [hardened(container)],
         "volumes": scratch_volumes + volumes,
         **(extra or {}),
     }
+    if init is not None:
+        spec["initContainers"] = [hardened(init)]
     if run.spec.priority_class_name:
         spec["priorityClassName"] = run.spec.priority_class_name
     return _object("v1", "Pod", metadata, spec=spec)
@@ -495,6 +498,22 @@ def cpu_count(quantity: int | str) -> int:
     return max(1, math.ceil(value))
 
 
+def wait_for_head_container(run: api.ReasoningRun) -> dict[str, Any]:
+    """Holds a rollout pod until the Ray head's GCS answers, so a head that starts slowly (a loaded
+    node, a cold image) never makes `ray start` give up and the pod restart."""
+    address = f"{ray_head_name(run.metadata.name)}.{run.metadata.namespace}.svc:{GCS_PORT}"
+    script = (f"until ray health-check --address={address} >/dev/null 2>&1; "
+              f"do echo 'waiting for the Ray head at {address}'; sleep 2; done")
+    return {
+        "name": "wait-for-ray-head",
+        "image": run.spec.rollout_image(),
+        "imagePullPolicy": run.spec.rollout.image_pull_policy,
+        "command": ["sh", "-c", script],
+        "env": _token_env(run.metadata.name),
+        "resources": copy.deepcopy(WAIT_FOR_HEAD_RESOURCES),
+    }
+
+
 def rollout_command(run: api.ReasoningRun) -> list[str]:
     """A Ray worker advertising its CPUs, its GPUs and one `zeroth-rollout` slot (one actor per pod)."""
     rollout = run.spec.rollout
@@ -520,7 +539,7 @@ def rollout_pod(run: api.ReasoningRun, uid: str, index: int, resumes: int = 0) -
     extra = _placement(rollout, rollout.gpus_per_replica)
     if rollout.runtime_class_name:
         extra["runtimeClassName"] = rollout.runtime_class_name
-    return _pod(run, uid, metadata, container, [], restart_policy="Always", extra=extra)
+    return _pod(run, uid, metadata, container, [], restart_policy="Always", extra=extra, init=wait_for_head_container(run))
 
 
 # ----------------------------------------------------------------------------------------- groups

@@ -40,10 +40,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# How long torchrun lets the ranks finish the step and checkpoint after Ctrl-C before it kills them
+# (torchrun's own default, 30 s, is shorter than one step on a loaded CPU: the step was lost).
+STOP_GRACE_SECONDS = 900
+
+
 def trainer_command(run: api.ReasoningRun, run_dir: Path, metrics_port: int) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         f"--nproc_per_node={run.spec.trainer.replicas}", f"--master-port={free_port()}",
+        f"--shutdown-timeout={STOP_GRACE_SECONDS}",
         "-m", "zeroth.trainer.main", "--run-dir", str(run_dir), "--metrics-port", str(metrics_port),
     ]
 

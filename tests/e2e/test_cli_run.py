@@ -7,13 +7,14 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from tests.speed import scaled
 from tests.e2e.conftest import finish, records, run_dir_of, start_run, steps, wait_for
 from tests.e2e.test_resume_async import short
-from zeroth import metrics
+from zeroth import local, metrics, validation
 
 pytestmark = pytest.mark.e2e
 
@@ -67,3 +68,34 @@ def test_a_failing_trainer_gives_one_clear_message_not_a_traceback(tmp_path):
     assert str(run_dir / "trainer.log") in text and f"zeroth run --resume {run_dir}" in text, out
     assert "Traceback" not in out, out
     assert "must be a number of seconds" in (run_dir / "trainer.log").read_text()  # the whole story is in the log
+
+
+SLOW_STOPPER = """
+import pathlib, signal, sys, time
+here = pathlib.Path(sys.argv[1])
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+(here / "ready").write_text("")
+while not stop:
+    time.sleep(0.1)
+time.sleep(40)  # a step and its checkpoint on a loaded CPU: longer than torchrun's default 30 s
+(here / "checkpointed").write_text("")
+"""
+
+
+def test_torchrun_lets_a_rank_finish_a_step_longer_than_its_default_grace(tmp_path):
+    """Ctrl-C reaches torchrun, which passes SIGTERM on and then waits for the ranks: with its default
+    30 s it killed a rank mid-step under load, and the step in flight was lost (CI saw this)."""
+    run = validation.load(Path(__file__).parents[2] / "examples" / "countdown-tiny.yaml")
+    command = local.trainer_command(run, tmp_path, 0)
+    launcher = command[:command.index("zeroth.trainer.main") - 1]
+    (tmp_path / "rank.py").write_text(SLOW_STOPPER)
+    proc = subprocess.Popen([*launcher, str(tmp_path / "rank.py"), str(tmp_path)],
+                            env=local.trainer_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: (tmp_path / "ready").exists(), 120, "the rank")
+        proc.send_signal(signal.SIGTERM)  # what `zeroth run` sends torchrun on Ctrl-C
+        out, _ = proc.communicate(timeout=scaled(180))
+    finally:
+        proc.kill()
+    assert (tmp_path / "checkpointed").exists(), out[-3000:]

@@ -394,6 +394,18 @@ def test_rollout_pod():
     assert spec["nodeSelector"] == {"pool": "l4", "nvidia.com/gpu.present": "true"}
 
 
+def test_a_rollout_pod_waits_for_the_ray_head_before_ray_start():
+    """`ray start` gives up (exit 1, a restart) on a head still starting; the init container waits."""
+    pod = builders.rollout_pod(CASES["gpu"], UID, 0)
+    (init,) = pod["spec"]["initContainers"]
+    (c,) = pod["spec"]["containers"]
+    assert init["command"][:2] == ["sh", "-c"]
+    assert "until ray health-check --address=gpu-run-ray-head.team-a.svc:6379 " in init["command"][2]
+    assert (init["image"], init["imagePullPolicy"]) == (c["image"], c["imagePullPolicy"])
+    assert init["env"] == c["env"]  # the head asks for the run's token
+    assert "nvidia.com/gpu" not in json.dumps(init["resources"])
+
+
 # ----------------------------------------------------------------------------------- placement
 
 
