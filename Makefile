@@ -103,6 +103,7 @@ run: venv
 
 bench: venv cluster-build
 	$(PY) bench/validation.py
+	$(PY) bench/logprob_memory.py
 
 clean-cache:
 	rm -rf $(ZEROTH_CACHE)

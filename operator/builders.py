@@ -49,7 +49,7 @@ CONFIG_FILE = f"{CONFIG_DIR}/{CONFIG_KEY}"
 TOKEN_KEY = "token"
 HOME = "/tmp"
 UID = 1000
-ROLLOUT_RESOURCE = api.ROLLOUT_RESOURCE  # one rollout actor per rollout pod
+ROLLOUT_RESOURCE = api.ROLLOUT_RESOURCE  # one rollout actor per slot: per engine of a rollout pod
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_NODE_LABEL = "nvidia.com/gpu.present"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -515,13 +515,14 @@ def wait_for_head_container(run: api.ReasoningRun) -> dict[str, Any]:
 
 
 def rollout_command(run: api.ReasoningRun) -> list[str]:
-    """A Ray worker advertising its CPUs, its GPUs and one `zeroth-rollout` slot (one actor per pod)."""
+    """A Ray worker advertising its CPUs, its GPUs and a `zeroth-rollout` slot per engine it runs
+    (gpusPerReplica / tensorParallelSize; one on CPU): one rollout actor per slot."""
     rollout = run.spec.rollout
     cpu = rollout.resources.requests.get("cpu", rollout.resources.limits.get("cpu"))  # the request defaults to the limit
     cpus = cpu_count(cpu) if cpu is not None else 1
     head = f"{ray_head_name(run.metadata.name)}.{run.metadata.namespace}.svc"
     return ["ray", "start", f"--address={head}:{GCS_PORT}", f"--num-cpus={cpus}",
-            f"--num-gpus={rollout.gpus_per_replica}", f"--resources={json.dumps({ROLLOUT_RESOURCE: 1})}",
+            f"--num-gpus={rollout.gpus_per_replica}", f"--resources={json.dumps({ROLLOUT_RESOURCE: rollout.engines_per_replica()})}",
             "--disable-usage-stats", "--block"]
 
 

@@ -7,10 +7,10 @@ were published, so a sample's staleness (trainer version minus its version) neve
 Ray runs an actor's calls in submission order, so a request submitted after `publish(v)` is
 generated with weights `v` (or newer).
 
-Placement: each rollout actor requests one unit of the custom resource `ROLLOUT_RESOURCE`. On a
-cluster every rollout pod advertises exactly one (`ray start --resources='{"zeroth-rollout": 1}'`)
-and nothing else does, so there is one actor per rollout pod; locally `connect` gives the one Ray
-node as many units as there are workers, and the same code runs.
+Placement: each rollout actor (one generation engine) requests one unit of the custom resource
+`ROLLOUT_RESOURCE` and `tensorParallelSize` GPUs. On a cluster every rollout pod advertises one
+unit per engine it runs (`gpusPerReplica / tensorParallelSize`, one on CPU) and nothing else does;
+locally `connect` gives the one Ray node as many units as there are workers, and the same code runs.
 """
 
 from __future__ import annotations
@@ -65,68 +65,183 @@ def sampling_seed(seed: int, *parts: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+# A fleet with no worker waits this long for a rollout pod to (re)join before the trainer gives up.
+NO_WORKER_SECONDS = 900.0
+
+
+@dataclass
+class Part:
+    """One worker's share of a request: the task indices it generates, with their sampling seed."""
+    shard: list[int]
+    seed: int
+    worker: Any
+    future: Any = None
+
+
 @dataclass
 class Request:
     step: int
     cursor: int  # first prompt of this request in the data order
     version: int  # weights version published before it was submitted
     tasks: list[dict[str, Any]]
-    futures: list[Any]
-    shards: list[list[int]]  # task indices per worker
+    group_size: int
+    greedy: bool
+    temperature: float | None
+    parts: list[Part]
 
 
 class Fleet:
+    """The rollout actors, elastic: they follow the Ray nodes that offer a rollout slot.
+
+    `spec.rollout.replicas` actors are created at once, and the first `publish` waits for all of
+    them (the operator starts that many rollout pods), so a run's first batches are laid out the
+    same way every time. Later, at each batch:
+    - a free rollout slot (a rollout pod that joined: `kubectl scale` up, or a replacement) gets a
+      new actor, which first loads the newest weights and only then takes requests;
+    - an actor whose node went away (scale down, an evicted pod) is dropped when a call to it
+      fails, and its share of every request is generated again by a live actor.
+    A step's batch is the same size whatever the fleet's size; the trainer never fails because a
+    rollout pod went, unless none at all is left for `NO_WORKER_SECONDS`.
+    """
+
     def __init__(self, spec: api.ReasoningRunSpec, model_path: str, workers: int, cpus_per_worker: float = 1.0):
         import ray
 
         self.spec = spec
-        actor = ray.remote(RolloutWorker).options(num_cpus=cpus_per_worker, num_gpus=spec.rollout.gpus_per_replica,
-                                                  resources={ROLLOUT_RESOURCE: 1}, max_concurrency=1)
-        dumped = spec.model_dump(by_alias=True, mode="json")
-        self.workers = [actor.remote(model_path, dumped, i) for i in range(workers)]
-        self.sync = ObjectStoreSync(self.workers)
+        self._actor = ray.remote(RolloutWorker).options(
+            num_cpus=cpus_per_worker, num_gpus=spec.rollout.gpus_per_engine(), resources={ROLLOUT_RESOURCE: 1},
+            max_concurrency=1, max_restarts=0)
+        self._args = (model_path, spec.model_dump(by_alias=True, mode="json"))
+        self._created = 0
+        self.workers = [self._new_actor() for _ in range(workers)]
+        self.joining: dict[Any, Any] = {}  # a joining actor's first set_weights call -> the actor
+        self.sync = ObjectStoreSync()
         self.in_flight: dict[int, Request] = {}
         self.version = -1
         self.cursor = 0  # the next prompt a new request reads
         self.last_draw: dict[str, float] = {}  # dynamic sampling's draw for the last batch
+        self.joined = self.lost = self.resubmitted = 0  # since the last membership(), for metrics
+
+    def _new_actor(self) -> Any:
+        self._created += 1
+        return self._actor.remote(*self._args, self._created - 1)
 
     def publish(self, version: int, state_dict) -> float:
-        """Sends weights `version` to every worker and waits until all applied them; returns seconds."""
+        """Sends weights `version` to every worker and waits until all applied them; returns seconds.
+        A worker lost on the way is dropped; workers that join later get these weights first."""
         import time
 
-        import ray
-
         t0 = time.perf_counter()
-        ray.get(self.sync.publish(version, state_dict))
+        self.sync.put(version, state_dict)
+        for worker, done in [(w, self.sync.send(w)) for w in self.workers]:
+            self._get(done, worker)
         self.version = version
         return time.perf_counter() - t0
 
     def checksums(self) -> list[str]:
+        return [c for w in list(self.workers) if (c := self._get(w.checksum.remote(), w)) is not None]
+
+    def membership(self) -> dict[str, int]:
+        """The fleet's size now and its changes since the last call, for the step's record."""
+        out = {"rollout_workers": len(self.workers), "rollout_workers_joined": self.joined,
+               "rollout_workers_lost": self.lost, "rollout_requests_resubmitted": self.resubmitted}
+        self.joined = self.lost = self.resubmitted = 0
+        return out
+
+    # ------------------------------------------------------------------------- membership
+
+    def _get(self, future: Any, worker: Any) -> Any:
+        """ray.get of a call to `worker`; None (and the worker dropped) when its actor is gone."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        try:
+            return ray.get(future)
+        except RayActorError:
+            self._drop(worker)
+            return None
+
+    def _drop(self, worker: Any) -> None:
         import ray
 
-        return ray.get([w.checksum.remote() for w in self.workers])
+        if worker in self.workers:
+            self.workers.remove(worker)
+            self.lost += 1
+            ray.kill(worker, no_restart=True)
+
+    def _follow(self) -> None:
+        """Joining actors that are ready become workers; each free rollout slot gets a joining actor."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        if self.joining:
+            ready, _ = ray.wait(list(self.joining), num_returns=len(self.joining), timeout=0)
+            for done in ready:
+                actor = self.joining.pop(done)
+                try:
+                    version = ray.get(done)
+                except RayActorError:
+                    continue  # its pod went before it was ready
+                if version < self.sync.version:
+                    self.sync.send(actor)  # applied before any request: an actor runs calls in order
+                self.workers.append(actor)
+                self.joined += 1
+        if not self.joining and self.sync.version >= 0:
+            # a spurious count (resource views lag) only makes an actor wait for the next free slot
+            for _ in range(int(ray.available_resources().get(ROLLOUT_RESOURCE, 0))):
+                actor = self._new_actor()
+                self.joining[self.sync.send(actor)] = actor
+
+    def _live(self) -> list[Any]:
+        """The workers, waiting (up to NO_WORKER_SECONDS) for one to join when none is left."""
+        import time
+
+        import ray
+
+        deadline = time.monotonic() + NO_WORKER_SECONDS
+        self._follow()
+        while not self.workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no rollout worker for {NO_WORKER_SECONDS:.0f} s: every rollout pod is gone and "
+                                   "none joined. Check the run's rollout pods (kubectl get pods -l "
+                                   "zeroth.dev/role=rollout) and the Ray head's log")
+            if self.joining:
+                ray.wait(list(self.joining), num_returns=1, timeout=5.0)
+            else:
+                time.sleep(1.0)
+            self._follow()
+        return self.workers
+
+    # ------------------------------------------------------------------------- requests
 
     def _submit(self, step: int, cursor: int, tasks: list[dict[str, Any]], group_size: int, greedy: bool = False,
                 temperature: float | None = None) -> Request:
-        n = len(self.workers)
-        shards = [list(range(i, len(tasks), n)) for i in range(n)]
-        futures = [
-            w.generate.remote([tasks[j] for j in shard], group_size, sampling_seed(self.spec.algorithm.seed, step, i), greedy,
-                              temperature)
-            for i, (w, shard) in enumerate(zip(self.workers, shards))
-            if shard
-        ]
-        return Request(step, cursor, self.version, tasks, futures, [s for s in shards if s])
+        workers = self._live()
+        n = len(workers)
+        parts = [Part(list(range(i, len(tasks), n)), sampling_seed(self.spec.algorithm.seed, step, i), w)
+                 for i, w in enumerate(workers) if i < len(tasks)]
+        req = Request(step, cursor, self.version, tasks, group_size, greedy, temperature, parts)
+        for part in parts:
+            self._start(req, part)
+        return req
 
     @staticmethod
-    def _collect(req: Request) -> list[Sample]:
-        """Samples in task order, each group contiguous, `group` renumbered to the task's index."""
-        import ray
+    def _start(req: Request, part: Part) -> None:
+        part.future = part.worker.generate.remote([req.tasks[j] for j in part.shard], req.group_size, part.seed,
+                                                  req.greedy, req.temperature)
 
+    def _collect(self, req: Request) -> list[Sample]:
+        """Samples in task order, each group contiguous, `group` renumbered to the task's index. A
+        part whose worker was lost is generated again, with the same seed, by a live worker."""
         by_task: dict[int, list[Sample]] = {}
-        for shard, samples in zip(req.shards, ray.get(req.futures)):
+        for k, part in enumerate(req.parts):
+            while (samples := self._get(part.future, part.worker)) is None:
+                workers = self._live()
+                part.worker = workers[k % len(workers)]
+                self._start(req, part)
+                self.resubmitted += 1
             for s in samples:
-                s.group = shard[s.group]
+                s.group = part.shard[s.group]
                 by_task.setdefault(s.group, []).append(s)
         return [s for g in sorted(by_task) for s in by_task[g]]
 

@@ -4,19 +4,37 @@ An engine turns prompt token ids into G completions each, with the behaviour log
 sampled token at the sampling temperature, and takes new weights in place. The rollout worker
 around it tokenizes, verifies and versions; it never sees which engine it has.
 
-vLLM is used when `spec.rollout.engine` is `vllm` and the package is installed (it is not a
-dependency here: no GPU on this machine). Its code path follows vLLM's public `LLM` API and the
-in-place `load_weights` that TRL's colocated mode uses; it is not exercised by the tests here.
+vLLM is used when `spec.rollout.engine` is `vllm` and the package is installed (the cuda image's
+`vllm` extra; not in the CPU environment). Its code path is vLLM's public V1 API: `LLM` with a
+`worker_extension_cls`, and `collective_rpc` to load new weights in every worker process (each
+tensor-parallel rank). The tests here check the arguments it is given (`vllm_engine_kwargs`,
+`vllm_sampling_kwargs`) and the extension on a stand-in worker (`tests/unit/test_vllm_worker.py`),
+not vLLM itself.
+
+Sampling is exactly the run's: temperature, top-p, the response budget and the stops, nothing
+else. A model's `generation_config.json` often carries its authors' chat defaults
+(`repetition_penalty`, `top_k`, `no_repeat_ngram_size`, extra EOS ids); applied to rollouts they
+would make the behaviour policy differ from the policy the trainer scores, so both engines ignore
+it: HF gets an empty model-level config and an explicit one per call (`hf_generation_config`),
+vLLM `generation_config="vllm"` (its neutral defaults) and explicit neutral penalties.
+
+Stops: EOS and the token ids the worker adds, and stop strings (`rollout.stop`). A completion
+ends with the token that completed a stop string (vLLM: `include_stop_str_in_output`; HF: a
+stopping criterion that records where each row stopped), and its log-probs end there too.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 from zeroth import api
+from zeroth.rollout import vllm_worker
+from zeroth.rollout.weights import checksum, from_numpy
 
 
 @dataclass
@@ -27,39 +45,122 @@ class Completion:
     truncated: bool  # hit maxResponseTokens rather than a stop token
 
 
+def hf_generation_config(spec: api.ReasoningRunSpec, n: int, greedy: bool, temperature: float | None,
+                         stop_ids: list[int], pad_id: int | None):
+    """The `transformers.GenerationConfig` of one `generate` call: the run's settings and neutral
+    values for every processor a model's own generation config could switch on."""
+    from transformers import GenerationConfig
+
+    algo = spec.algorithm
+    # sampling-only settings are set only when sampling (greedy warns about them); top_k=0 is off
+    sampling = {} if greedy else dict(temperature=temperature or algo.temperature, top_p=algo.top_p, top_k=0,
+                                      typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)
+    return GenerationConfig(
+        do_sample=not greedy, num_return_sequences=n, max_new_tokens=algo.max_response_tokens,
+        eos_token_id=list(stop_ids), pad_token_id=pad_id, **sampling,
+        repetition_penalty=1.0, no_repeat_ngram_size=0, encoder_repetition_penalty=1.0, min_length=0, num_beams=1,
+        output_scores=True, return_dict_in_generate=True)
+
+
+class StopOnStrings:
+    """A `transformers` stopping criterion: a row is done once its generated text (special tokens
+    skipped, as the worker decodes it) contains a stop string; `at[row]` is the index of the
+    generated token that completed it. Only the last `window` tokens are decoded each step: a stop
+    string ending at this token lies within them (tokens decode to at least one character, but
+    for a few partial-UTF-8 byte tokens, for which the window leaves room)."""
+
+    def __init__(self, tokenizer, stops: list[str], prompt_len: int, stop_ids: list[int]):
+        self.tokenizer, self.stops, self.start, self.stop_ids = tokenizer, stops, prompt_len, set(stop_ids)
+        self.window = max(len(s) for s in stops) + 8
+        self.at: dict[int, int] = {}
+        self.ended: set[int] = set()  # rows that stopped on a stop token first
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        gen = input_ids[:, self.start:]
+        step = gen.shape[1] - 1
+        last = gen[:, -1].tolist()
+        live = []
+        for row, token in enumerate(last):
+            if row in self.at or row in self.ended:
+                continue
+            if token in self.stop_ids:
+                self.ended.add(row)
+            else:
+                live.append(row)
+        if live:
+            texts = self.tokenizer.batch_decode(gen[live, -self.window:], skip_special_tokens=True)
+            for row, text in zip(live, texts, strict=True):
+                if any(stop in text for stop in self.stops):
+                    self.at[row] = step
+        done = torch.zeros(gen.shape[0], dtype=torch.bool, device=input_ids.device)
+        done[list(self.at)] = True
+        return done
+
+
+def vllm_engine_kwargs(model_path: str, spec: api.ReasoningRunSpec) -> dict[str, Any]:
+    """Arguments of `vllm.LLM`."""
+    algo, rollout = spec.algorithm, spec.rollout
+    return dict(model=model_path, revision=spec.model.revision, dtype=spec.model.dtype,
+                trust_remote_code=spec.model.trust_remote_code,
+                tensor_parallel_size=rollout.tensor_parallel_size,
+                gpu_memory_utilization=rollout.gpu_memory_utilization,
+                max_model_len=algo.max_prompt_tokens + algo.max_response_tokens,
+                logprobs_mode="processed_logprobs",  # log-probs after temperature: the behaviour policy
+                generation_config="vllm",  # not the model's generation_config.json: only the run's sampling
+                worker_extension_cls=vllm_worker.EXTENSION,  # new weights loaded in every worker process
+                seed=algo.seed)
+
+
+def vllm_sampling_kwargs(spec: api.ReasoningRunSpec, n: int, seed: int, greedy: bool, temperature: float | None,
+                         stop_ids: list[int], stop_strings: list[str]) -> dict[str, Any]:
+    """Arguments of `vllm.SamplingParams` for one `generate` call."""
+    algo = spec.algorithm
+    return dict(n=n, temperature=0.0 if greedy else (temperature or algo.temperature),
+                top_p=1.0 if greedy else algo.top_p, top_k=-1, min_p=0.0,  # -1: off in every vLLM >= 0.10
+                repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
+                max_tokens=algo.max_response_tokens, logprobs=0, seed=seed,
+                stop_token_ids=list(stop_ids), stop=list(stop_strings), include_stop_str_in_output=True)
+
+
 class Engine(Protocol):
     def generate(self, prompts: list[list[int]], n: int, seed: int, greedy: bool,
                  temperature: float | None) -> list[Completion]: ...
 
-    def load_weights(self, weights: dict[str, torch.Tensor]) -> None: ...
+    def load_weights(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """The trainer's weights (its names, numpy; bf16 as int16), applied in place."""
 
-    def state_dict(self) -> dict[str, torch.Tensor]: ...
+    def checksum(self) -> str:
+        """`weights.checksum` of the engine's weights that have the trainer's names and shapes."""
 
 
 class HFEngine:
     """`transformers` generate with the KV cache; left-padded batches, positions from the mask."""
 
-    def __init__(self, model_path: str, spec: api.ReasoningRunSpec, tokenizer, stop_ids: list[int]):
-        from transformers import AutoModelForCausalLM
+    def __init__(self, model_path: str, spec: api.ReasoningRunSpec, tokenizer, stop_ids: list[int],
+                 stop_strings: list[str] = ()):
+        from transformers import AutoModelForCausalLM, GenerationConfig
 
-        self.spec, self.tokenizer, self.stop_ids = spec, tokenizer, stop_ids
+        self.spec, self.tokenizer, self.stop_ids, self.stop_strings = spec, tokenizer, stop_ids, list(stop_strings)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, revision=spec.model.revision,
                                                           dtype=getattr(torch, spec.model.dtype),
                                                           trust_remote_code=spec.model.trust_remote_code).eval()
+        # `generate` fills every setting a call leaves unset from the model's generation config:
+        # with an empty one, only the run's settings (hf_generation_config) and neutral defaults apply.
+        self.model.generation_config = GenerationConfig()
         if torch.cuda.is_available() and spec.rollout.gpus_per_replica > 0:
             self.model.to("cuda")
 
     @torch.no_grad()
     def generate(self, prompts, n, seed, greedy, temperature):
-        algo = self.spec.algorithm
+        from transformers import StoppingCriteriaList
+
         torch.manual_seed(seed)
         enc = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt").to(self.model.device)
-        out = self.model.generate(
-            **enc, do_sample=not greedy, num_return_sequences=n,
-            temperature=(temperature or algo.temperature) if not greedy else None,
-            top_p=algo.top_p if not greedy else None, top_k=0 if not greedy else None,
-            max_new_tokens=algo.max_response_tokens, eos_token_id=self.stop_ids,
-            pad_token_id=self.tokenizer.pad_token_id, output_scores=True, return_dict_in_generate=True)
+        config = hf_generation_config(self.spec, n, greedy, temperature, self.stop_ids, self.tokenizer.pad_token_id)
+        strings = StopOnStrings(self.tokenizer, self.stop_strings, enc["input_ids"].shape[1], self.stop_ids) \
+            if self.stop_strings else None
+        out = self.model.generate(**enc, generation_config=config,
+                                  stopping_criteria=StoppingCriteriaList([strings] if strings else []))
         gen = out.sequences[:, enc["input_ids"].shape[1]:].cpu()
         if gen.shape[1]:
             # scores are the processed logits (temperature applied): the sampling distribution
@@ -67,46 +168,40 @@ class HFEngine:
             steps = logp.gather(-1, gen.unsqueeze(-1)).squeeze(-1)
         completions = []
         for row in range(gen.shape[0]):
+            end = strings.at.get(row) if strings else None  # index of the token that completed a stop string
             ids, lps, stopped = [], [], False
             for t in range(gen.shape[1]):
                 ids.append(int(gen[row, t]))
                 lps.append(float(steps[row, t]))
-                if ids[-1] in self.stop_ids:
+                if ids[-1] in self.stop_ids or t == end:
                     stopped = True
                     break
             completions.append(Completion(row // n, ids, lps, truncated=not stopped))
         return completions
 
-    def load_weights(self, weights):
-        self.model.load_state_dict(weights)  # copies into the existing tensors, on their device
+    def load_weights(self, arrays):
+        # copies into the existing tensors, on their device; a name missing either side is an error
+        self.model.load_state_dict(from_numpy(arrays, self.model.state_dict()))
 
-    def state_dict(self):
-        return self.model.state_dict()
+    def checksum(self):
+        return checksum(self.model.state_dict())
 
 
 class VLLMEngine:
-    """vLLM's offline `LLM`; weights replaced in place through the model's `load_weights`."""
+    """vLLM's offline `LLM` (the V1 engine); weights replaced in place in each of its workers."""
 
-    def __init__(self, model_path: str, spec: api.ReasoningRunSpec, tokenizer, stop_ids: list[int]):
+    def __init__(self, model_path: str, spec: api.ReasoningRunSpec, tokenizer, stop_ids: list[int],
+                 stop_strings: list[str] = ()):
         from vllm import LLM
 
-        self.spec, self.stop_ids = spec, stop_ids
-        algo, rollout = spec.algorithm, spec.rollout
-        self.llm = LLM(model=model_path, revision=spec.model.revision, dtype=spec.model.dtype,
-                       trust_remote_code=spec.model.trust_remote_code,
-                       tensor_parallel_size=rollout.tensor_parallel_size,
-                       gpu_memory_utilization=rollout.gpu_memory_utilization,
-                       max_model_len=algo.max_prompt_tokens + algo.max_response_tokens,
-                       logprobs_mode="processed_logprobs",  # log-probs after temperature: the behaviour policy
-                       seed=algo.seed)
+        self.spec, self.stop_ids, self.stop_strings = spec, stop_ids, list(stop_strings)
+        self.llm = LLM(**vllm_engine_kwargs(model_path, spec))
 
     def generate(self, prompts, n, seed, greedy, temperature):
         from vllm import SamplingParams
 
-        algo = self.spec.algorithm
-        params = SamplingParams(n=n, temperature=0.0 if greedy else (temperature or algo.temperature),
-                                top_p=1.0 if greedy else algo.top_p, max_tokens=algo.max_response_tokens,
-                                logprobs=0, seed=seed, stop_token_ids=self.stop_ids)
+        params = SamplingParams(**vllm_sampling_kwargs(self.spec, n, seed, greedy, temperature, self.stop_ids,
+                                                       self.stop_strings))
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         completions = []
         for i, request in enumerate(outputs):
@@ -116,25 +211,28 @@ class VLLMEngine:
                 completions.append(Completion(i, ids, lps, truncated=out.finish_reason == "length"))
         return completions
 
-    def _model(self) -> Any:
-        return self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+    def load_weights(self, arrays):
+        # V1 runs the model in worker processes (one per tensor-parallel rank): each loads its shard
+        # through the extension vLLM mixed into it (zeroth.rollout.vllm_worker)
+        self.llm.collective_rpc("zeroth_load", args=(dict(arrays),))
+        self.llm.reset_prefix_cache()  # cached prefixes hold keys and values of the old weights
+        self._shapes = {name: list(a.shape) for name, a in arrays.items()}
 
-    def load_weights(self, weights):
-        self._model().load_weights(list(weights.items()))
-        self.llm.reset_prefix_cache()
-
-    def state_dict(self):
-        # vLLM fuses some parameters (qkv, gate/up): its names differ from the trainer's, so the
-        # weight checksum of tests compares HF engines only.
-        return self._model().state_dict()
+    def checksum(self):
+        """Over the weights vLLM keeps under the trainer's name and shape (it fuses q/k/v and
+        gate/up, and shards across tensor-parallel ranks); every rank must agree."""
+        found = self.llm.collective_rpc("zeroth_checksum", args=(getattr(self, "_shapes", {}),))
+        values = {value for value, _ in found}
+        return values.pop() if len(values) == 1 else "ranks differ: " + ", ".join(sorted(values))
 
 
-def make_engine(model_path: str, spec: api.ReasoningRunSpec, tokenizer, stop_ids: list[int]) -> Engine:
+def make_engine(model_path: str, spec: api.ReasoningRunSpec, tokenizer, stop_ids: list[int],
+                stop_strings: list[str] = ()) -> Engine:
     if spec.rollout.engine == "vllm":
         try:
             import vllm  # noqa: F401
         except ImportError:
             raise RuntimeError("spec.rollout.engine is vllm but vllm is not installed in this image; "
                                "install zeroth[vllm] or set engine: hf") from None
-        return VLLMEngine(model_path, spec, tokenizer, stop_ids)
-    return HFEngine(model_path, spec, tokenizer, stop_ids)
+        return VLLMEngine(model_path, spec, tokenizer, stop_ids, stop_strings)
+    return HFEngine(model_path, spec, tokenizer, stop_ids, stop_strings)

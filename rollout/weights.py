@@ -51,19 +51,28 @@ def checksum(state: Mapping[str, torch.Tensor] | Mapping[str, np.ndarray]) -> st
 
 
 class WeightSync(Protocol):
-    def publish(self, version: int, state_dict: Mapping[str, torch.Tensor]) -> list[Any]:
-        """Sends weights `version` to every worker; returns handles that complete when applied."""
+    version: int  # the newest weights put, -1 before any
+
+    def put(self, version: int, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """Makes weights `version` the ones `send` delivers."""
+
+    def send(self, worker: Any) -> Any:
+        """Starts applying the newest weights on `worker`; a handle that completes when applied."""
 
 
 class ObjectStoreSync:
-    """Puts the weights in Ray's object store once; each worker pulls them by reference."""
+    """Puts the weights in Ray's object store once; each worker pulls them by reference, and a
+    worker that joins later pulls the same object."""
 
-    def __init__(self, workers: list[Any]):
-        self.workers = workers
+    def __init__(self) -> None:
+        self.version = -1
+        self._ref: Any = None
 
-    def publish(self, version: int, state_dict: Mapping[str, torch.Tensor]) -> list[Any]:
+    def put(self, version: int, state_dict: Mapping[str, torch.Tensor]) -> None:
         import ray
 
-        ref = ray.put(to_numpy(state_dict))
-        # a list around the ref keeps Ray from resolving it in the caller: each worker fetches it
-        return [w.set_weights.remote(version, [ref]) for w in self.workers]
+        self.version, self._ref = version, ray.put(to_numpy(state_dict))
+
+    def send(self, worker: Any) -> Any:
+        # a list around the ref keeps Ray from resolving it in the caller: the worker fetches it
+        return worker.set_weights.remote(self.version, [self._ref])

@@ -13,9 +13,9 @@ from typing import Any
 
 
 from zeroth import api
+from zeroth.rollout import prompts as prompting
 from zeroth.rollout import verifiers
 from zeroth.rollout.generation import make_engine
-from zeroth.rollout.weights import checksum, from_numpy
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Sample:
     version: int
     verifier_seconds: dict[str, float] = field(default_factory=dict)
     verifier_timeouts: list[str] = field(default_factory=list)
+    answer: str | None = None  # the normalised answer maj@k votes on (`verifiers.answer_key`); None: no vote
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,8 +59,8 @@ class RolloutWorker:
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, revision=self.spec.model.revision,
                                                        trust_remote_code=self.spec.model.trust_remote_code)
         self.tokenizer.padding_side = "left"
-        self.stop_ids = self._stop_ids()
-        self._engine = make_engine(self.model_path, self.spec, self.tokenizer, self.stop_ids)
+        self.stop_ids, self.stop_strings = self._stops()
+        self._engine = make_engine(self.model_path, self.spec, self.tokenizer, self.stop_ids, self.stop_strings)
 
     @property
     def engine(self):
@@ -67,14 +68,25 @@ class RolloutWorker:
             self._load()
         return self._engine
 
-    def _stop_ids(self) -> list[int]:
+    def _stops(self) -> tuple[list[int], list[str]]:
+        """Stop token ids (EOS, and each `rollout.stop` entry that is one special token of the
+        tokenizer, like `<|im_end|>`) and stop strings (the other entries)."""
         ids = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         # A verifier reading only the first line makes everything after the newline dead weight.
         if any(v.answer.mode == "line" for v in self.spec.verifiers):
             newline = self.tokenizer.convert_tokens_to_ids("\n")
             if newline is not None and newline != self.tokenizer.unk_token_id:
                 ids.append(newline)
-        return ids
+        special = set(self.tokenizer.all_special_tokens) | set(self.tokenizer.get_added_vocab())
+        strings = []
+        for stop in self.spec.rollout.stop:
+            if stop in special:  # decoded text skips special tokens: a string match would never fire
+                token = self.tokenizer.convert_tokens_to_ids(stop)
+                if token not in ids:
+                    ids.append(token)
+            elif stop not in strings:
+                strings.append(stop)
+        return ids, strings
 
     # ------------------------------------------------------------------------------- weights
 
@@ -85,12 +97,12 @@ class RolloutWorker:
             import ray
 
             arrays = ray.get(arrays)
-        self.engine.load_weights(from_numpy(arrays, self.engine.state_dict()))
+        self.engine.load_weights(arrays)
         self.version = version
         return version
 
     def checksum(self) -> str:
-        return checksum(self.engine.state_dict())
+        return self.engine.checksum()
 
     def get_version(self) -> int:
         return self.version
@@ -102,8 +114,11 @@ class RolloutWorker:
         """G samples for each task ({"id", "prompt", "gold"}), verified. Deterministic given seed.
         `temperature` overrides the training temperature (evaluation samples at spec.eval's)."""
         engine = self.engine  # loads the model and tokenizer on first use
-        max_len = self.spec.algorithm.max_prompt_tokens
-        prompts = [ids[-max_len:] for ids in self.tokenizer([t["prompt"] for t in tasks])["input_ids"]]
+        limit, chat = self.spec.algorithm.max_prompt_tokens, self.spec.dataset.chat_template
+        prompts = prompting.encode(self.tokenizer, [t["prompt"] for t in tasks], chat)
+        overs = [(t["id"], len(ids)) for t, ids in zip(tasks, prompts, strict=True) if len(ids) > limit]
+        if overs:  # the trainer checks every task at start; this guards any other caller
+            raise ValueError(prompting.too_long("in this request", overs, len(tasks), limit))
         samples = []
         for c in engine.generate(prompts, group_size, seed, greedy, temperature):
             completion = self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
@@ -119,4 +134,5 @@ class RolloutWorker:
             correct=verifiers.is_correct(results), truncated=truncated, version=self.version,
             verifier_seconds={r.name: r.seconds for r in results},
             verifier_timeouts=[r.name for r in results if r.timed_out],
+            answer=verifiers.answer_key(self.spec.verifiers, completion),
         )

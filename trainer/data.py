@@ -12,10 +12,23 @@ Sources (`DatasetSpec.source`):
   name (`jsonl:data/{split}.jsonl`); otherwise records with a `split` key are filtered by it;
   otherwise every split is the whole file (then training and evaluation share prompts: say so in
   the manifest's comments).
-- `hf:ID`: `datasets.load_dataset(ID, split=split)`; ID may be a hub id or a local folder of data
-  files (`train.jsonl`, `test.parquet`, ...). The question comes from `problem`, `question` or
-  `prompt`, the gold answer from `answer` or `solution` (math-verify finds the boxed answer in a
-  solution).
+- `parquet:PATH`: a Parquet file, read with pyarrow; splits as for `jsonl:` (veRL writes
+  `train.parquet` and `test.parquet`: `parquet:data/gsm8k/{split}.parquet`).
+- `hf:ID[:CONFIG]`: `datasets.load_dataset(ID, CONFIG, split=split)`; ID may be a hub id or a local
+  folder of data files (`train.jsonl`, `test.parquet`, ...), CONFIG one of the configurations the
+  dataset declares (`hf:openai/gsm8k:main`; for a folder, the `configs:` of its README.md). A
+  part after the last `:` is a CONFIG only when it has no `/`.
+
+Records of the file sources come in two shapes:
+
+- question/answer: the question in `problem`, `question` or `prompt` (a string), rendered through
+  the prompt template; the gold answer in `answer` or `solution` (math-verify finds the boxed
+  answer in a solution). A string answer with GSM8K's final-answer marker (`...\\n#### 72`) has
+  the text after its last `####` as gold, as veRL's and TRL's GSM8K recipes take it.
+- veRL's: `prompt` is a list of chat messages (`{role, content}`), the gold answer is
+  `reward_model.ground_truth` (`data_source`, `ability` and `extra_info` are kept by veRL for its
+  reward routing; here the manifest's verifiers decide). The messages are the prompt as they are,
+  through the tokenizer's chat template; a promptTemplate is an error for them.
 
 The held-out split (`evalSplit`) is capped at `evalSize` tasks, the training split at `maxPrompts`.
 File-backed sources keep the file's order (the trainer shuffles); only countdown uses the seed.
@@ -27,6 +40,7 @@ import hashlib
 import json
 import operator
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -63,17 +77,21 @@ COUNTDOWN_MAX_MISSES = 50_000
 QUESTION_KEYS = ("problem", "question", "prompt")
 ANSWER_KEYS = ("answer", "solution")
 
+Messages = list[dict[str, str]]
+
 
 @dataclass(frozen=True)
 class Task:
     """One prompt and what its verifier compares against.
 
+    prompt: the text, or chat messages (`[{"role": "user", "content": ...}]`, from veRL data) that
+    the rollout renders with the tokenizer's chat template.
     gold: countdown `{"numbers": [...], "target": int}`; ARC the expected output grid
     (`list[list[int]]`); math and files the answer string.
     """
 
     id: str
-    prompt: str
+    prompt: str | Messages
     gold: Any
 
 
@@ -196,50 +214,122 @@ def arc_tasks(name: str, split: str, template: str) -> list[Task]:
     return tasks
 
 
-# --- files: jsonl and Hugging Face datasets ----------------------------------------------------
+# --- files: jsonl, Parquet and Hugging Face datasets -------------------------------------------
 
 
-def _record_task(record: dict[str, Any], index: int, template: str, source: str) -> Task:
+def _chat_messages(prompt: Any) -> Messages | None:
+    """`prompt` as chat messages when it is a non-empty list of `{role, content}` (veRL), else None."""
+    if not isinstance(prompt, list) or not prompt:
+        return None
+    if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+               for m in prompt):
+        return None
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def _record_task(record: dict[str, Any], index: int, template: str | None, source: str) -> Task:
+    messages = _chat_messages(record.get("prompt"))
+    reward_model = record.get("reward_model")
+    if messages is not None:  # veRL's schema
+        if template is not None:
+            raise ValueError(f"{source}: record {index} is chat messages (veRL); they are the prompt as they "
+                             "are, so spec.dataset.promptTemplate must be empty")
+        answer = reward_model.get("ground_truth") if isinstance(reward_model, dict) else None
+        answer = answer if answer is not None else next((record[k] for k in ANSWER_KEYS if k in record), None)
+        if answer is None:
+            raise ValueError(f"{source}: record {index} has chat messages but no reward_model.ground_truth "
+                             f"(nor {', '.join(ANSWER_KEYS)}); it has {sorted(record)}")
+        extra = record.get("extra_info")
+        fallback = extra.get("index", index) if isinstance(extra, dict) and extra.get("index") is not None else index
+        return Task(str(record.get("id", fallback)), messages, answer)
     question = next((record[k] for k in QUESTION_KEYS if k in record), None)
     answer = next((record[k] for k in ANSWER_KEYS if k in record), None)
     if question is None or answer is None:
         raise ValueError(
             f"{source}: record {index} needs a question ({', '.join(QUESTION_KEYS)}) and an answer "
-            f"({', '.join(ANSWER_KEYS)}); it has {sorted(record)}"
+            f"({', '.join(ANSWER_KEYS)}), or veRL's chat-message prompt and reward_model.ground_truth; "
+            f"it has {sorted(record)}"
         )
     fields = {k: v for k, v in record.items() if isinstance(k, str)}
-    return Task(str(record.get("id", index)), _render(template, source, **{**fields, "question": question}), answer)
+    prompt = _render(template or QUESTION_TEMPLATE, source, **{**fields, "question": question})
+    return Task(str(record.get("id", index)), prompt, final_answer(answer))
 
 
-def jsonl_tasks(path: str, split: str, template: str) -> list[Task]:
-    """Tasks from a JSONL file; see the module docstring for how splits are chosen."""
+def final_answer(answer: Any) -> Any:
+    """GSM8K's gold: the text after the last `####` of a worked solution (`...\\n#### 72` -> `72`);
+    any other answer as it is."""
+    if isinstance(answer, str) and "####" in answer:
+        final = answer.rsplit("####", 1)[1].strip()
+        return final or answer
+    return answer
+
+
+def _file_tasks(path: str, split: str, template: str | None, source: str,
+                read: Callable[[Path], list[dict[str, Any]]]) -> list[Task]:
     split_in_path = "{split}" in path
-    file = Path(path.replace("{split}", split))
-    records = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    records = read(Path(path.replace("{split}", split)))
     if not split_in_path and any("split" in r for r in records):
         records = [r for r in records if r.get("split") == split]
-    return [_record_task(r, i, template, f"jsonl:{path}") for i, r in enumerate(records)]
+    return [_record_task(r, i, template, source) for i, r in enumerate(records)]
 
 
-def hf_tasks(dataset_id: str, split: str, template: str) -> list[Task]:
-    """Tasks from `datasets.load_dataset(dataset_id, split=split)`: a hub id or a local folder."""
+def jsonl_tasks(path: str, split: str, template: str | None) -> list[Task]:
+    """Tasks from a JSONL file; see the module docstring for how splits are chosen."""
+    def read(file: Path) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+    return _file_tasks(path, split, template, f"jsonl:{path}", read)
+
+
+def parquet_tasks(path: str, split: str, template: str | None) -> list[Task]:
+    """Tasks from a Parquet file (veRL's or question/answer columns), read with pyarrow."""
+    import pyarrow.parquet as pq  # imported here: most runs never need it
+
+    return _file_tasks(path, split, template, f"parquet:{path}", lambda file: pq.read_table(file).to_pylist())
+
+
+def hf_dataset_id(rest: str) -> tuple[str, str | None]:
+    """`ID[:CONFIG]` -> (ID, CONFIG or None): the part after the last `:` is a config when it has no `/`."""
+    dataset_id, colon, config = rest.rpartition(":")
+    if not colon or not dataset_id or not config or "/" in config:
+        return rest, None
+    return dataset_id, config
+
+
+def hf_tasks(rest: str, split: str, template: str | None) -> list[Task]:
+    """Tasks from `datasets.load_dataset(ID, CONFIG, split=split)`: a hub id or a local folder."""
     import datasets  # imported here: most runs never need it
 
-    rows = datasets.load_dataset(dataset_id, split=split)
-    return [_record_task(r, i, template, f"hf:{dataset_id}") for i, r in enumerate(rows)]
+    dataset_id, config = hf_dataset_id(rest)
+    rows = datasets.load_dataset(dataset_id, config, split=split)
+    return [_record_task(r, i, template, f"hf:{rest}") for i, r in enumerate(rows)]
 
 
 # --- the entry point --------------------------------------------------------------------------
 
 
+# `{name}` is a field and `{{name}}` a literal `{name}` (as in str.format); every other brace is
+# literal, so LaTeX (`\boxed{}`, `x^{2}`, `\boxed{\frac{1}{2}}`) needs no escaping. A lone `{{`
+# or `}}` stays two braces: LaTeX closes nested groups with `}}`.
+_PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]*)\}\}|\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
 def _render(template: str, source: str, **fields: Any) -> str:
-    try:
-        return template.format(**fields)
-    except (KeyError, IndexError) as err:
-        raise ValueError(
-            f"promptTemplate uses {{{err.args[0]}}}, but {source} provides "
-            + ", ".join(f"{{{k}}}" for k in sorted(fields))
-        ) from None
+    """`template` with each `{field}` replaced by `str(fields[field])`, in one pass (values are never
+    re-read as templates); ValueError naming an unknown field and the known ones."""
+    def substitute(match: re.Match[str]) -> str:
+        escaped, name = match.groups()
+        if escaped is not None:
+            return "{" + escaped + "}"
+        if name not in fields:
+            raise ValueError(
+                f"promptTemplate uses {{{name}}}, but {source} provides "
+                + ", ".join(f"{{{k}}}" for k in sorted(fields))
+                + f" (write {{{{{name}}}}} for literal braces)"
+            )
+        return str(fields[name])
+
+    return _PLACEHOLDER.sub(substitute, template)
 
 
 def _countdown(spec: DatasetSpec, split: str, seed: int, count: int | None) -> list[Task]:
@@ -255,11 +345,12 @@ def _from_source(spec: DatasetSpec, split: str) -> list[Task]:
     kind, _, rest = spec.source.partition(":")
     if kind == "builtin" and rest in ARC_VERSIONS:
         return arc_tasks(rest, split, spec.prompt_template or ARC_TEMPLATE)
-    loaders: dict[str, Callable[[str, str, str], list[Task]]] = {"jsonl": jsonl_tasks, "hf": hf_tasks}
+    loaders: dict[str, Callable[[str, str, str | None], list[Task]]] = {
+        "jsonl": jsonl_tasks, "parquet": parquet_tasks, "hf": hf_tasks}
     if kind not in loaders:
         raise ValueError(f"unknown dataset source {spec.source!r}: builtin:countdown, builtin:"
-                         + ", builtin:".join(ARC_VERSIONS) + ", jsonl:PATH or hf:ID")
-    return loaders[kind](rest, split, spec.prompt_template or QUESTION_TEMPLATE)
+                         + ", builtin:".join(ARC_VERSIONS) + ", jsonl:PATH, parquet:PATH or hf:ID[:CONFIG]")
+    return loaders[kind](rest, split, spec.prompt_template)
 
 
 def load_tasks(spec: DatasetSpec, split: str, seed: int, limit: int | None = None) -> list[Task]:

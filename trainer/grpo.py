@@ -15,6 +15,24 @@ values and gradients. Where this departs from the papers, and why:
 - The entropy bonus is the mean entropy over the batch's loss tokens whatever the loss type (TRL),
   so its weight does not change with the aggregation.
 
+Off-policy samples (samples the trainer's current weights did not draw), two corrections, options of
+the same loss (`off_policy_options`):
+- Stale samples (drawn with weights older than the trainer's, `maxStaleness` >= 1): the clipped
+  ratio's old policy is the behaviour policy, i.e. the log-probs the rollout returned, since the
+  trainer no longer has the weights that drew them. The trust region is then anchored where the
+  samples came from, and clipping binds on tokens the trainer has already moved more than the clip
+  range away from (PPO's own pi_old: the policy that collected the data).
+- Train/inference mismatch: the rollout engine (vLLM, bf16 kernels) and the trainer compute
+  slightly different distributions from the same weights. Tokens whose ratio is anchored at the
+  trainer's own log-probs get a detached, truncated importance weight
+  min(pi_trainer_old / pi_behaviour, cap) on their policy-gradient term (Yao et al. 2025, "Your
+  efficient RL framework secretly brings you off-policy RL training"; TRL's
+  `vllm_importance_sampling_correction` in `token_truncate` mode, veRL's rollout importance
+  sampling). Tokens anchored at the behaviour policy get none: their ratio already divides by it.
+  With the first correction off and this one on, stale samples are anchored at the trainer's
+  current log-probs and weighted by the truncated ratio to the behaviour policy: the decoupled
+  objective of Hilton et al. 2022, "Batch size-invariance for policy optimization" (AReaL).
+
 Shapes: B samples (prompts * G, group-contiguous: the G samples of a prompt are adjacent), T
 completion tokens (right-padded; `mask` is 1 on tokens that count).
 """
@@ -159,30 +177,52 @@ def _dapo(x: Tensor, mask: Tensor, _max: int | None, num_tokens: Any) -> Tensor:
 AGGREGATIONS: dict[str, Aggregation] = {"grpo": _grpo, "bnpo": _bnpo, "dr-grpo": _dr_grpo, "dapo": _dapo}
 
 
+def off_policy_options(cfg: AlgorithmSpec | Any) -> tuple[bool, bool, float]:
+    """(clip stale samples against the behaviour policy, truncated importance sampling, its cap).
+
+    Unset fields follow `maxStaleness`: on when samples may be stale (>= 1), off for synchronous runs,
+    whose loss then stays exactly the on-policy GRPO loss.
+    """
+    stale_possible = cfg.max_staleness >= 1
+    clip = stale_possible if cfg.off_policy_clip is None else cfg.off_policy_clip
+    weigh = stale_possible if cfg.importance_sampling is None else cfg.importance_sampling
+    return clip, weigh, cfg.importance_sampling_cap
+
+
 def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, cfg: AlgorithmSpec | Any,
                 ref_logp: Tensor | None = None, entropy: Tensor | None = None,
                 max_response_tokens: int | None = None, num_tokens: Tensor | float | None = None,
+                behaviour_logp: Tensor | None = None, stale: Tensor | None = None,
                 ) -> tuple[Tensor, dict[str, float]]:
     """The clipped GRPO objective, to minimise (DeepSeekMath eq. 3; clip-higher: DAPO section 3.1).
 
-    per token: -min(r A, clip(r, 1 - clip_low, 1 + clip_high) A) + kl_coef * KL, r = exp(logp - old_logp);
-    aggregated by `cfg.loss_type` (see AGGREGATIONS), minus `entropy_coef * mean entropy`.
+    per token: -w min(r A, clip(r, 1 - clip_low, 1 + clip_high) A) + kl_coef * KL, r = exp(logp - old);
+    aggregated by `cfg.loss_type` (see AGGREGATIONS), minus `entropy_coef * mean entropy`. `old` is
+    old_logp, or behaviour_logp on stale rows when clipping against the behaviour policy; w is 1, or
+    min(exp(old_logp - behaviour_logp), cap) (detached) on rows anchored at old_logp when importance
+    sampling is on (see the module docstring and `off_policy_options`).
 
     logp: (B, T) log-probs of the sampled tokens under the policy being trained (carries the grad).
-    old_logp: (B, T) the same under the policy that sampled them (constant; detached here, so the
-      on-policy case may pass `logp` itself). ref_logp: (B, T) under the frozen reference; needed
-      only when kl_coef != 0. entropy: (B, T) policy entropy per position; needed only when
-      entropy_coef != 0. advantages: (B,) or (B, T). mask: (B, T), 1 on loss tokens.
+    old_logp: (B, T) the same under the trainer's weights before this update (constant; detached
+      here, so the on-policy case may pass `logp` itself). ref_logp: (B, T) under the frozen
+      reference; needed only when kl_coef != 0. entropy: (B, T) policy entropy per position; needed
+      only when entropy_coef != 0. advantages: (B,) or (B, T). mask: (B, T), 1 on loss tokens.
+    behaviour_logp: (B, T) the log-probs the rollout engine sampled with (constant); needed when
+      either off-policy correction is on. stale: (B,) bool, True for samples drawn with weights
+      older than the trainer's; needed when clipping against the behaviour policy.
     cfg: an AlgorithmSpec, or anything with loss_type, clip_low, clip_high, kl_coef, kl_estimator,
-      entropy_coef (and max_response_tokens for dr-grpo unless passed).
+      entropy_coef, max_staleness, off_policy_clip, importance_sampling, importance_sampling_cap
+      (and max_response_tokens for dr-grpo unless passed).
     num_tokens (dapo only): denominator; default this batch's mask count. For a global token mean
       under data parallelism over W ranks and A accumulation micro-batches whose gradients are
       averaged, pass (loss tokens of the whole optimizer step) / (W * A).
 
     Returns (loss scalar, metrics): `importance_ratio` (mean r), `clip_fraction`,
     `clip_fraction_low`, `clip_fraction_high` (tokens where clipping zeroes the gradient: r below
-    1 - clip_low with A < 0, above 1 + clip_high with A > 0), `kl` when ref_logp is given and
-    `entropy` when entropy is given; floats, means over loss tokens of this batch.
+    1 - clip_low with A < 0, above 1 + clip_high with A > 0), `kl` when ref_logp is given,
+    `entropy` when entropy is given, and with importance sampling on `is_weight` (mean w) and
+    `is_capped_fraction` (tokens whose weight the cap truncated); floats, means over loss tokens of
+    this batch.
     """
     loss_type = cfg.loss_type
     _check_choice("loss_type", loss_type, list(AGGREGATIONS))
@@ -199,9 +239,24 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
     mask = mask.to(dtype)
     adv = (advantages if advantages.dim() == 2 else advantages.unsqueeze(1)).to(dtype)
 
-    ratio = torch.exp(logp - old_logp.detach().to(dtype))
+    old = old_logp.detach().to(dtype)
+    clip_behaviour, weigh, cap = off_policy_options(cfg)
+    if (clip_behaviour or weigh) and behaviour_logp is None:
+        raise ValueError("off-policy correction (offPolicyClip or importanceSampling) needs behaviour_logp")
+    if clip_behaviour and stale is None:
+        raise ValueError("offPolicyClip needs stale")
+    anchored_at_old = torch.ones_like(mask, dtype=torch.bool)  # rows whose ratio divides by old_logp
+    if clip_behaviour:
+        anchored_at_old = ~stale.to(device=logp.device, dtype=torch.bool).unsqueeze(1).expand_as(anchored_at_old)
+        old = torch.where(anchored_at_old, old, behaviour_logp.detach().to(dtype))
+    ratio = torch.exp(logp - old)
     clipped = ratio.clamp(1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
     per_token = -torch.min(ratio * adv, clipped * adv)
+    if weigh:
+        log_w = (old_logp.detach().to(dtype) - behaviour_logp.detach().to(dtype)).masked_fill(~anchored_at_old, 0.0)
+        raw_weight = torch.exp(log_w)
+        weight = raw_weight.clamp(max=cap)  # also what keeps padding finite: exp may overflow there
+        per_token = per_token * weight
 
     per_token_kl = None
     if ref_logp is not None:
@@ -228,6 +283,9 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor
             stats["kl"] = masked_mean(per_token_kl, mask)
         if entropy is not None:
             stats["entropy"] = masked_mean(entropy.to(dtype), mask)
+        if weigh:
+            stats["is_weight"] = masked_mean(weight, mask)
+            stats["is_capped_fraction"] = masked_mean((raw_weight > cap).to(dtype), mask)
         # One device sync for all of them.
         values = torch.stack(list(stats.values())).tolist()
     return loss, dict(zip(stats, values))

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from zeroth import api
+from zeroth.rollout import prompts as prompting
 from zeroth.rollout.worker import Sample
 from zeroth.trainer import checkpoint as ckpt
 from zeroth.trainer import data, grpo, models
@@ -62,20 +63,37 @@ def data_order(n_tasks: int, seed: int):
 
 
 def pass_maj(sampled: list[Sample], k: int) -> tuple[float, float]:
-    """pass@k (any of k correct) and maj@k (the most frequent completion is correct), per task."""
+    """pass@k (any of k correct) and maj@k (the most frequent answer is correct), per task.
+
+    maj@k votes on each sample's normalised answer (`Sample.answer`, the verifier's extraction),
+    not on the whole text: two chains of thought reaching the same answer are one vote for it. A
+    sample with no answer does not vote (a task where none has one is not a majority hit); a tie
+    goes to the answer whose first vote came first in the samples' order.
+    """
     by_task: dict[str, list[Sample]] = {}
     for s in sampled:
         by_task.setdefault(s.task_id, []).append(s)
     passed = majority = 0
     for group in by_task.values():
         passed += any(s.correct for s in group)
-        counts: dict[str, list[Sample]] = {}
+        votes: dict[str, list[Sample]] = {}  # insertion-ordered: max() keeps the earliest of a tie
         for s in group:
-            counts.setdefault(s.completion.strip(), []).append(s)
-        top = max(counts.values(), key=len)
-        majority += top[0].correct
+            if s.answer is not None:
+                votes.setdefault(s.answer, []).append(s)
+        if votes:
+            majority += max(votes.values(), key=len)[0].correct
     n = max(len(by_task), 1)
     return passed / n, majority / n
+
+
+def load_tasks(spec: api.ReasoningRunSpec, tokenizer) -> tuple[list[data.Task], list[data.Task]]:
+    """The training and held-out tasks. Before any step is spent: a prompt longer than
+    `algorithm.maxPromptTokens` is an error naming it, never a prompt cut short."""
+    ds, seed = spec.dataset, spec.algorithm.seed
+    tasks = data.load_tasks(ds, ds.split, seed, limit=ds.max_prompts)
+    held_out = data.load_tasks(ds, ds.eval_split, seed, limit=ds.eval_size)
+    prompting.check_lengths(tokenizer, spec, [(ds.split, tasks), (ds.eval_split, held_out)])
+    return tasks, held_out
 
 
 def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, metrics_port: int | None,
@@ -90,11 +108,13 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
 
         from zeroth.rollout import fleet as fleets
 
+        engines = spec.rollout.replicas * spec.rollout.engines_per_replica()
+
         if not ray.is_initialized():
-            fleets.connect(spec.rollout.replicas)  # on a cluster RAY_ADDRESS names the run's Ray head
+            fleets.connect(engines)  # on a cluster RAY_ADDRESS names the run's Ray head
         stop.install()
         model_path = models.resolve(spec.model)  # every rank waited for it before the process group began
-        fleet = fleets.Fleet(spec, model_path, spec.rollout.replicas)
+        fleet = fleets.Fleet(spec, model_path, engines)
     model_path = _broadcast(model_path if rank == 0 else None)
     batch_size = algo.prompts_per_step * algo.group_size
     if batch_size % world or (algo.prompts_per_step % world):
@@ -114,8 +134,7 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
         from zeroth.trainer.report import Reporter
         from zeroth.trainer.status import StatusWriter
 
-        tasks = data.load_tasks(spec.dataset, spec.dataset.split, algo.seed, limit=spec.dataset.max_prompts)
-        held_out = data.load_tasks(spec.dataset, spec.dataset.eval_split, algo.seed, limit=spec.dataset.eval_size)
+        tasks, held_out = load_tasks(spec, policy.tokenizer)
         order = data_order(len(tasks), algo.seed)
 
         def prompts(cursor: int, n: int) -> list[dict[str, Any]]:
@@ -156,7 +175,7 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
         shards, tokens, stopping = payload
         my_samples, my_adv = shards[rank]
         t_gen = time.perf_counter() - t0
-        stats = policy.train_step(my_samples, my_adv, tokens)
+        stats = policy.train_step(my_samples, my_adv, tokens, weights_version=state.weights_version)
         gathered = [None] * world
         dist.all_gather_object(gathered, stats)
         state.step += 1
@@ -166,6 +185,7 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
             step_seconds = time.perf_counter() - t0
             record = _record(state, samples, gathered, algo, step_seconds, t_gen, sync_seconds)
             record.update(fleet.last_draw)  # what dynamic sampling drew before dropping groups
+            record.update(fleet.membership())  # the rollout fleet follows its pods (kubectl scale)
             reporter.step(record, samples)
         stopping = _broadcast(stop.requested if rank == 0 else None)
         last = state.step >= algo.max_steps
@@ -187,7 +207,7 @@ def _export_model(policy: Policy, directory: Path) -> None:
     """The trained policy as a Hugging Face model folder (`from_pretrained` loads it), written atomically."""
     import shutil
 
-    weights = policy.state_dict()  # every rank takes part (ZeRO-3 gathers)
+    weights = policy.state_dict(keep=dist.get_rank() == 0)  # every rank takes part (ZeRO-3 gathers)
     if dist.get_rank() == 0:
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -203,7 +223,7 @@ def _task(t: data.Task) -> dict[str, Any]:
 
 
 def _publish(policy: Policy, fleet, version: int) -> float:
-    weights = policy.state_dict()  # every rank takes part (ZeRO-3 gathers)
+    weights = policy.state_dict(keep=fleet is not None)  # every rank takes part (ZeRO-3 gathers)
     return fleet.publish(version, weights) if fleet is not None else 0.0
 
 

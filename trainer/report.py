@@ -72,6 +72,9 @@ class Reporter:
         m("trained_tokens").inc(record["trained_tokens"])
         m("step_seconds").observe(record["step_seconds"])
         m("weight_sync_seconds").observe(record["weight_sync_seconds"])
+        if "rollout_workers" in record:
+            m("rollout_workers").set(record["rollout_workers"])
+            m("rollout_requests_resubmitted").inc(record["rollout_requests_resubmitted"])
         for key in ("step", "accuracy", "all_equal_groups_fraction", "loss", "kl", "entropy", "clip_fraction",
                     "importance_ratio", "logprob_mismatch", "grad_norm", "learning_rate", "weights_version",
                     "tokens_per_second"):

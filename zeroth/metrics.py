@@ -61,6 +61,9 @@ DEFINITIONS: tuple[Metric, ...] = (
     Metric("rollout_staleness", "histogram", "Trainer version minus the version a sample was generated with", RUN_LABELS,
            (0, 1, 2, 3, 4, 8, 16, 32, 64)),
     Metric("checkpoint_step", "gauge", "Step of the newest complete checkpoint"),
+    # the rollout fleet, which follows its pods
+    Metric("rollout_workers", "gauge", "Rollout workers taking requests"),
+    Metric("rollout_requests_resubmitted", "counter", "Request parts generated again because their worker was lost"),
     # verifiers
     Metric("verifier_seconds", "histogram", "Verifier wall time per sample", _V, _SECONDS),
     Metric("verifier_timeouts", "counter", "Samples a verifier gave up on at its time limit", _V),

@@ -9,6 +9,8 @@ maps every name in `zeroth.api.VERIFIERS` to one (a test checks the two agree). 
 - `reward(specs, completion, gold) -> (reward, results)`: the weighted sum of the scores.
 - `is_correct(results)`: every verifier but `format` scored 1. This is the "accuracy" reported
   beside the reward; a run with only a `format` verifier has no notion of correct, so False.
+- `answer_key(specs, completion)`: the answer maj@k votes on: the first graded verifier's
+  extraction, in that verifier's normal form (`KEYS`); None when there is no answer.
 
 Every verifier is deterministic and bounds the text it reads (`extract.MAX_COMPLETION_CHARS`).
 countdown, arc and format are bounded in time by construction (linear scans and small parses of
@@ -27,6 +29,7 @@ from typing import Any
 from zeroth.api import VerifierSpec
 
 from . import arc, code_tests, countdown, math_answers, think_format
+from .extract import extract_answer
 
 Verifier = Callable[[str, Any, VerifierSpec], float]
 
@@ -39,6 +42,19 @@ REGISTRY: dict[str, Verifier] = {
 }
 
 FORMAT = "format"  # shapes the output; not part of correctness
+
+
+def plain_key(answer: str) -> str | None:
+    """Whitespace-insensitive text: each line stripped, runs of blanks one space, no empty lines."""
+    return "\n".join(" ".join(line.split()) for line in answer.splitlines() if line.strip()) or None
+
+
+# How each verifier's answers are normalised for voting; others use `plain_key`.
+KEYS: dict[str, Callable[[str], str | None]] = {
+    "countdown": countdown.answer_key,
+    "math": math_answers.answer_key,
+    "arc": arc.answer_key,
+}
 
 
 def verifier(name: str) -> Verifier:
@@ -82,10 +98,25 @@ def reward(specs: list[VerifierSpec], completion: str, gold: Any) -> tuple[float
     return sum(spec.weight * r.score for spec, r in zip(specs, results, strict=True)), results
 
 
+def answer_key(specs: list[VerifierSpec], completion: str) -> str | None:
+    """The normalised answer of `completion` for majority voting: read the way the first graded
+    (non-`format`) verifier reads it (its `answer` extraction), normalised by `KEYS`. None when
+    there is no graded verifier or no answer. Never raises."""
+    graded = [s for s in specs if s.name != FORMAT]
+    if not graded:
+        return None
+    try:
+        answer = extract_answer(completion, graded[0].answer)
+        return None if answer is None else KEYS.get(graded[0].name, plain_key)(answer)
+    except Exception:  # noqa: BLE001 - a vote lost, never a rollout worker
+        return None
+
+
 def is_correct(results: list[VerifierResult]) -> bool:
     """True when every non-format verifier scored 1.0 (and there is at least one)."""
     graded = [r for r in results if r.name != FORMAT]
     return bool(graded) and all(r.score == 1.0 for r in graded)
 
 
-__all__ = ["REGISTRY", "Verifier", "VerifierResult", "is_correct", "reward", "score", "verifier"]
+__all__ = ["KEYS", "REGISTRY", "Verifier", "VerifierResult", "answer_key", "is_correct", "reward", "score",
+           "verifier"]

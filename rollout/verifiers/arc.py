@@ -78,6 +78,14 @@ def _strip_fence(text: str) -> str:
     return text
 
 
+def answer_key(answer: str) -> str | None:
+    """The form of an extracted answer that maj@k votes on: the grid it writes, however it is
+    written (digit lines, spaced digits or JSON: `01\\n20`, `0 1\\n2 0` and `[[0,1],[2,0]]` are one
+    key); text that is no grid keeps its own text, so it still votes (and loses)."""
+    grid = parse_grid(answer)
+    return json.dumps(grid) if grid is not None else answer
+
+
 def verify(completion: str, gold: Any, spec: VerifierSpec) -> float:
     """1.0 when the answer grid equals the gold grid in shape and every cell, else 0.0."""
     expected = check_grid(gold)

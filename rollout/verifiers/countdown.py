@@ -106,6 +106,12 @@ def evaluate(tree: ast.expr) -> Fraction | None:
     return OPERATORS[type(tree.op)](left, right)
 
 
+def answer_key(answer: str) -> str | None:
+    """The form of an extracted answer that maj@k votes on: the expression without whitespace
+    (`9 - 4*2` and `9-4*2` are one answer; `9-2*4` is another, even with the same value)."""
+    return "".join(answer.split())
+
+
 def verify(completion: str, gold: Any, spec: VerifierSpec) -> float:
     """1.0 when the answer reaches the target using each given number at most once, else 0.0."""
     numbers, target = check_gold(gold)

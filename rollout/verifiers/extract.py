@@ -1,6 +1,6 @@
 """Answer extraction: where a verifier reads the answer from (`VerifierSpec.answer`).
 
-Two modes, both strict, both linear-time (plain string searches, no regular expressions):
+Three modes, all strict, all linear-time (plain string searches, no regular expressions):
 
 - `tag`: the content of the LAST complete `<TAG>...</TAG>` block. Only one block ever counts, so
   listing many candidates in many blocks earns nothing (a known reward hack: open-r1's several
@@ -8,6 +8,13 @@ Two modes, both strict, both linear-time (plain string searches, no regular expr
   unfinished answer: no answer.
 - `line`: the first line of the completion, up to the first `=`, for a tiny character-level model
   that writes `9-4*2=1` and never learns tags.
+- `boxed`: the content of the LAST `\\boxed{...}`, up to its matching brace (nested braces
+  counted: `\\boxed{\\frac{1}{2}}` gives `\\frac{1}{2}`), as models trained on MATH-style solutions
+  write their answers. A last box that never closes (a completion cut inside it) is no answer, nor
+  is `\\boxed` without a brace. Like tags, only the last box counts. Hand-written rather than
+  math-verify's `extract_boxed_content` (latex2sympy2_extended) on purpose: that one is lenient
+  for gold solutions (no box gives the whole text back, an unclosed box the rest of the text, and
+  boxes a few characters apart are joined), which a reward must not be.
 
 Defends against: many answer blocks (only the last counts), empty blocks (no answer), nested or
 unbalanced tags (only the last closing tag and the last opening tag before it matter), and huge
@@ -42,6 +49,30 @@ def last_tag_block(text: str, tag: str) -> str | None:
     return text[start + len(opening) : end]
 
 
+BOXED = "\\boxed"
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` of `text` (balanced braces), unstripped; None if none."""
+    start = text.rfind(BOXED)
+    if start < 0:
+        return None
+    i = start + len(BOXED)
+    while i < len(text) and text[i] in " \t":
+        i += 1
+    if i >= len(text) or text[i] != "{":
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j]
+    return None  # never closed: the completion stopped inside its answer
+
+
 def first_line_before_equals(text: str) -> str:
     """The first line of `text`, up to its first `=` (`9-4*2=1` gives `9-4*2`)."""
     line = text.split("\n", 1)[0]
@@ -56,8 +87,10 @@ def extract_answer(completion: str, answer: AnswerExtraction) -> str | None:
         found = last_tag_block(completion, answer.tag)
     elif answer.mode == "line":
         found = first_line_before_equals(completion)
+    elif answer.mode == "boxed":
+        found = last_boxed(completion)
     else:
-        raise ValueError(f"unknown answer mode {answer.mode!r}; known: 'tag', 'line'")
+        raise ValueError(f"unknown answer mode {answer.mode!r}; known: 'tag', 'line', 'boxed'")
     if found is None:
         return None
     found = found.strip()

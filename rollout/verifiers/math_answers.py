@@ -92,6 +92,30 @@ def check(gold: str, answer: str) -> int:
     return int(bool(verify(gold_parsed, answer_parsed, timeout_seconds=None)))
 
 
+@functools.cache
+def _normalization():
+    from latex2sympy2_extended.math_normalization import NormalizationConfig
+
+    # math-verify's own LaTeX normaliser, without its unit stripping (a regex that is slow on
+    # hostile text) and without box extraction (extraction already happened)
+    return NormalizationConfig(basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="none")
+
+
+def answer_key(answer: str) -> str | None:
+    """The form of an extracted answer that maj@k votes on: math-verify's LaTeX normalisation
+    (`0.5`, `.5`, `\\frac12` and `\\dfrac{1}{2}` all become `\\frac{1}{2}`; `\\left(` becomes `(`),
+    without `$` or whitespace. Equal keys are the same answer; different keys may still be equal
+    numbers (`2/4` and `1/2`), which then split the vote. None over `MAX_ANSWER_CHARS`.
+    Whitespace runs are collapsed before the normaliser runs: some of its regexes are quadratic in
+    runs of spaces."""
+    from latex2sympy2_extended.math_normalization import normalize_latex
+
+    if len(answer) > MAX_ANSWER_CHARS:
+        return None
+    text = " ".join(answer.split()).strip("$ ")
+    return "".join(normalize_latex(text, _normalization()).split()) or None
+
+
 def verify(completion: str, gold: Any, spec: VerifierSpec) -> float:
     """1.0 when the extracted answer equals the gold answer by math-verify, else 0.0."""
     if isinstance(gold, int | float) and not isinstance(gold, bool):

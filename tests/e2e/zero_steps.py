@@ -37,7 +37,7 @@ def main(stage: int, model_dir: Path) -> None:
                for i in range(8)]
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5] * 2)
     tokens = 2 * sum(len(s.completion_ids) for s in samples)
-    losses = [policy.train_step(samples, advantages, tokens)["loss"] for _ in range(2)]
+    losses = [policy.train_step(samples, advantages, tokens, weights_version=0)["loss"] for _ in range(2)]
     weights = policy.state_dict()
     if rank == 0:
         print(json.dumps({"losses": losses, "initial": initial,

@@ -51,6 +51,7 @@ VARIANTS = {
                      rollout={"replicas": 2, "gpusPerReplica": 2, "tensorParallelSize": 2}),
     "multi-gpu": _manifest("big", "team-b", trainer={"replicas": 3, "gpusPerReplica": 4},
                            rollout={"replicas": 1, "gpusPerReplica": 1}),
+    "engines": _manifest("engines", rollout={"replicas": 1, "gpusPerReplica": 8, "tensorParallelSize": 2}),
     "queued": _manifest("queued", trainer={"replicas": 2, "gpusPerReplica": 1}, rollout={"replicas": 3},
                         queueName="gpu-queue", priorityClassName="training-high"),
     "claims": _manifest("claims", checkpoint={"volumeClaimName": "ckpt-pvc"},
@@ -361,15 +362,17 @@ def test_ray_head_pod():
     assert "nodeSelector" not in spec and "runtimeClassName" not in spec
 
 
-@pytest.mark.parametrize("case, address, cpus, gpus", [
-    ("countdown-tiny", "countdown-tiny-ray-head.default.svc:6379", "1", "0"),
-    ("gpu", "gpu-run-ray-head.team-a.svc:6379", "1", "2"),
-    ("placement", "placed-ray-head.default.svc:6379", "3", "1"),
+@pytest.mark.parametrize("case, address, cpus, gpus, slots", [
+    ("countdown-tiny", "countdown-tiny-ray-head.default.svc:6379", "1", "0", 1),
+    ("gpu", "gpu-run-ray-head.team-a.svc:6379", "1", "2", 1),  # one engine over both GPUs (TP 2)
+    ("engines", "engines-ray-head.default.svc:6379", "1", "8", 4),  # four engines of TP 2
+    ("placement", "placed-ray-head.default.svc:6379", "3", "1", 1),
 ])
-def test_rollout_command(case, address, cpus, gpus):
+def test_rollout_command(case, address, cpus, gpus, slots):
+    """One rollout slot, so one rollout actor, per engine: gpusPerReplica / tensorParallelSize."""
     (c,) = builders.rollout_pod(CASES[case], UID, 0)["spec"]["containers"]
     assert c["command"] == ["ray", "start", f"--address={address}", f"--num-cpus={cpus}", f"--num-gpus={gpus}",
-                            '--resources={"zeroth-rollout": 1}', "--disable-usage-stats", "--block"]
+                            '--resources={"zeroth-rollout": %d}' % slots, "--disable-usage-stats", "--block"]
 
 
 @pytest.mark.parametrize("quantity, cpus", [

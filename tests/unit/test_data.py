@@ -246,3 +246,160 @@ def test_unknown_source_lists_the_known_ones():
                                        max_prompts=None, eval_size=200, countdown=CountdownOptions())
     with pytest.raises(ValueError, match="builtin:arc-agi-1"):
         data.load_tasks(spec, "train", seed=0)
+
+
+# --- prompt templates with literal braces ----------------------------------------------------------
+
+
+def test_a_template_with_latex_braces_renders(tmp_path):
+    """Only `{name}` fields are substituted: `\\boxed{}`, `x^{2}` and `\\frac{1}{2}` stay as written
+    (str.format raised on each), and `{{`/`}}` still give one brace."""
+    path = tmp_path / "qa.jsonl"
+    write_jsonl(path, [{"question": "1+1?", "answer": "2"}])
+    template = "{question} Put the final answer in \\boxed{}, e.g. \\boxed{\\frac{1}{2}} or x^{2}. {{question}}"
+    spec = DatasetSpec(source=f"jsonl:{path}", prompt_template=template)
+    assert data.load_tasks(spec, "train", 0)[0].prompt == (
+        "1+1? Put the final answer in \\boxed{}, e.g. \\boxed{\\frac{1}{2}} or x^{2}. {question}")
+    tasks = data.load_tasks(countdown(template="{target} from {numbers}: \\boxed{ }"), "train", seed=0, limit=3)
+    assert all(t.prompt.endswith(": \\boxed{ }") and t.prompt.startswith(f"{t.gold['target']} from ") for t in tasks)
+
+
+def test_a_value_is_never_read_as_a_template(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    write_jsonl(path, [{"question": "What is {answer}?", "answer": "2"}])
+    spec = DatasetSpec(source=f"jsonl:{path}", prompt_template="Q: {question}")
+    assert data.load_tasks(spec, "train", 0)[0].prompt == "Q: What is {answer}?"
+
+
+def test_an_unknown_field_in_a_latex_template_is_named(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    write_jsonl(path, [{"question": "1+1?", "answer": "2"}])
+    spec = DatasetSpec(source=f"jsonl:{path}", prompt_template="{question} in \\text{units}")
+    with pytest.raises(ValueError, match=r"uses \{units\}, but jsonl:.* provides .*\{question\}.*write \{\{units\}\}"):
+        data.load_tasks(spec, "train", 0)
+
+
+# --- hf:ID:CONFIG ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rest, expected", [
+    ("openai/gsm8k:main", ("openai/gsm8k", "main")),
+    ("openai/gsm8k", ("openai/gsm8k", None)),
+    ("/data/math:v2", ("/data/math", "v2")),
+    ("/data/a:b/c", ("/data/a:b/c", None)),  # a colon inside a path is not a config
+    ("/data/a:b/gsm8k:main", ("/data/a:b/gsm8k", "main")),  # the last colon is
+    ("gsm8k:", ("gsm8k:", None)),
+])
+def test_hf_source_splits_id_and_config(rest, expected):
+    assert data.hf_dataset_id(rest) == expected
+
+
+def gsm8k_like(folder):
+    """A local folder laid out as openai/gsm8k is on the hub: two configurations declared in the
+    README's `configs:` metadata, each with Parquet files per split."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for config, rows in {"main": {"train": "main q", "test": "main t"}, "socratic": {"train": "soc q", "test": "soc t"}}.items():
+        (folder / config).mkdir(parents=True)
+        for split, question in rows.items():
+            table = pa.Table.from_pylist([{"question": question, "answer": f"{question}: 3+4 = <<3+4=7>>7\n#### 7"}])
+            pq.write_table(table, folder / config / f"{split}-00000-of-00001.parquet")
+    (folder / "README.md").write_text(
+        "---\nconfigs:\n"
+        + "".join(f"- config_name: {c}\n  data_files:\n  - split: train\n    path: {c}/train-*\n"
+                  f"  - split: test\n    path: {c}/test-*\n" for c in ("main", "socratic"))
+        + "---\n# gsm8k-like\n")
+
+
+def test_hf_loads_the_named_configuration(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "gsm8k"
+    gsm8k_like(folder)
+    main = DatasetSpec(source=f"hf:{folder}:main", prompt_template="{question}")
+    assert [(t.prompt, t.gold) for t in data.load_tasks(main, "train", 0)] == [("main q", "7")]  # after ####
+    assert [t.prompt for t in data.load_tasks(main, "test", 0)] == ["main t"]
+    socratic = DatasetSpec(source=f"hf:{folder}:socratic", prompt_template="{question}")
+    assert [t.prompt for t in data.load_tasks(socratic, "train", 0)] == ["soc q"]
+    with pytest.raises(ValueError, match=r"'nope' not found. Available: \['main', 'socratic'\]"):
+        data.load_tasks(DatasetSpec(source=f"hf:{folder}:nope"), "train", 0)
+
+
+# --- veRL Parquet --------------------------------------------------------------------------------
+
+
+def verl_rows(split: str) -> list[dict]:
+    """Rows as veRL's examples/data_preprocess/gsm8k.py writes them."""
+    return [{
+        "data_source": "openai/gsm8k",
+        "prompt": [{"role": "system", "content": "Be brief."},
+                   {"role": "user", "content": f"{split} question {i}? Let's think step by step."}],
+        "ability": "math",
+        "reward_model": {"style": "rule", "ground_truth": str(10 + i)},
+        "extra_info": {"split": split, "index": i, "answer": f"... #### {10 + i}", "question": f"q{i}"},
+    } for i in range(3)]
+
+
+def write_parquet(path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def test_verl_parquet_rows_load_as_chat_messages(tmp_path):
+    for split in ("train", "test"):
+        write_parquet(tmp_path / f"{split}.parquet", verl_rows(split))
+    spec = DatasetSpec(source=f"parquet:{tmp_path}/{{split}}.parquet", eval_size=2)
+    train = data.load_tasks(spec, "train", 0)
+    assert [t.id for t in train] == ["0", "1", "2"]
+    assert train[1] == data.Task("1", [{"role": "system", "content": "Be brief."},
+                                       {"role": "user", "content": "train question 1? Let's think step by step."}], "11")
+    test = data.load_tasks(spec, "test", 0)
+    assert [t.gold for t in test] == ["10", "11"]  # evalSize caps it
+    assert test[0].prompt[1]["content"].startswith("test question 0?")
+
+
+def test_verl_rows_are_detected_in_hf_folders_too(tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "verl"
+    folder.mkdir()
+    write_parquet(folder / "train.parquet", verl_rows("train"))
+    write_parquet(folder / "test.parquet", verl_rows("test"))
+    tasks = data.load_tasks(DatasetSpec(source=f"hf:{folder}"), "train", 0)
+    assert tasks[2].gold == "12" and tasks[2].prompt[-1] == {"role": "user", "content": "train question 2? Let's think step by step."}
+
+
+def test_verl_rows_refuse_a_prompt_template_and_need_a_ground_truth(tmp_path):
+    write_parquet(tmp_path / "d.parquet", verl_rows("train"))
+    with pytest.raises(ValueError, match="promptTemplate must be empty"):
+        data.load_tasks(DatasetSpec(source=f"parquet:{tmp_path}/d.parquet", prompt_template="{question}"), "train", 0)
+    rows = verl_rows("train")
+    for r in rows:
+        del r["reward_model"]
+    write_parquet(tmp_path / "bad.parquet", rows)
+    with pytest.raises(ValueError, match="reward_model.ground_truth"):
+        data.load_tasks(DatasetSpec(source=f"parquet:{tmp_path}/bad.parquet"), "train", 0)
+
+
+@pytest.mark.parametrize("answer, gold", [
+    ("She has 3+4 = <<3+4=7>>7 apples.\n#### 7", "7"),
+    ("a #### b #### 1,000", "1,000"),  # the last marker
+    ("####", "####"),  # nothing after it: kept as it is
+    ("\\boxed{7}", "\\boxed{7}"),
+])
+def test_gsm8k_final_answer_marker(tmp_path, answer, gold):
+    path = tmp_path / "gsm.jsonl"
+    write_jsonl(path, [{"question": "q", "answer": answer}])
+    assert data.load_tasks(DatasetSpec(source=f"jsonl:{path}"), "train", 0)[0].gold == gold
+
+
+def test_parquet_question_answer_columns_and_split_key(tmp_path):
+    write_parquet(tmp_path / "qa.parquet", [{"question": "a?", "answer": "1", "split": "train"},
+                                             {"question": "b?", "answer": "2", "split": "test"}])
+    spec = DatasetSpec(source=f"parquet:{tmp_path}/qa.parquet", prompt_template="Q {question}")
+    assert data.load_tasks(spec, "test", 0) == [data.Task("0", "Q b?", "2")]

@@ -19,6 +19,7 @@ from zeroth.trainer.grpo import (
     filter_overlong,
     group_advantages,
     kl,
+    off_policy_options,
     overlong_penalty,
     policy_loss,
 )
@@ -261,3 +262,88 @@ def test_metrics_are_floats_named_as_in_zeroth_metrics():
     assert "loss" not in m  # the caller has the loss itself; a copy here would be summed twice
     for name in ("kl", "entropy", "clip_fraction", "importance_ratio"):
         assert name in m and name in BY_NAME
+
+
+# --- off-policy corrections ---------------------------------------------------------------------
+
+
+def _off_policy(spec, stale, advantage=+1.0):
+    # Two sequences of 3 tokens with the same numbers; row 0 is fresh, row 1 `stale`. The trainer's
+    # log-probs are log 1.5, 0, log 0.5 (old = logp: one update), the rollout's 0 everywhere, so
+    # pi / pi_behaviour is 1.5, 1, 0.5 and pi_trainer_old / pi_behaviour the same.
+    row = [math.log(1.5), 0.0, math.log(0.5)]
+    logp = t([row, row]).requires_grad_()
+    loss, metrics = policy_loss(logp, logp.detach(), t([advantage, advantage]), torch.ones(2, 3), cfg("grpo", **spec),
+                                behaviour_logp=torch.zeros(2, 3, dtype=D), stale=torch.tensor([False, stale]))
+    loss.backward()
+    return logp.grad.tolist(), metrics
+
+
+def test_stale_samples_clip_against_the_behaviour_policy():
+    # grpo: mean over 3 tokens, then over 2 sequences -> 1/6 per token.
+    grad, m = _off_policy({"off_policy_clip": True, "importance_sampling": False}, stale=True)
+    assert grad[0] == pytest.approx([-1 / 6, -1 / 6, -1 / 6])  # fresh: ratio 1 against the trainer's own log-probs
+    # stale: ratios 1.5, 1, 0.5 against the rollout's; 1.5 > 1.2 with A > 0 binds, its gradient is 0
+    assert grad[1] == pytest.approx([0.0, -1 / 6, -0.5 / 6])
+    assert m["clip_fraction_high"] == pytest.approx(1 / 6) and m["importance_ratio"] == pytest.approx((3 + 3) / 6)
+    grad, m = _off_policy({"off_policy_clip": True, "importance_sampling": False}, stale=True, advantage=-1.0)
+    assert grad[1] == pytest.approx([1.5 / 6, 1 / 6, 0.0])  # 0.5 < 0.8 with A < 0 binds
+    assert m["clip_fraction_low"] == pytest.approx(1 / 6)
+    # the same samples fresh, or the correction off: on-policy, nothing binds
+    for spec, stale in (({"off_policy_clip": True, "importance_sampling": False}, False),
+                        ({"off_policy_clip": False, "importance_sampling": False}, True)):
+        grad, m = _off_policy(spec, stale)
+        assert grad[1] == pytest.approx([-1 / 6] * 3) and m["clip_fraction"] == 0.0
+
+
+def test_importance_weight_is_the_truncated_trainer_to_rollout_ratio():
+    # cap 1.2: weights min(1.5, 1.2) = 1.2, 1, 0.5 on both rows (none anchored at the rollout)
+    grad, m = _off_policy({"off_policy_clip": False, "importance_sampling": True, "importance_sampling_cap": 1.2},
+                          stale=True)
+    assert grad[0] == pytest.approx([-1.2 / 6, -1 / 6, -0.5 / 6]) and grad[1] == grad[0]
+    assert m["is_weight"] == pytest.approx((1.2 + 1 + 0.5) / 3) and m["is_capped_fraction"] == pytest.approx(1 / 3)
+    assert m["clip_fraction"] == 0.0 and m["importance_ratio"] == 1.0
+    # with offPolicyClip on the stale row is anchored at the rollout: weighted 1, since its ratio
+    # already divides by pi_behaviour; the fresh row is still weighted
+    grad, m = _off_policy({"off_policy_clip": True, "importance_sampling": True, "importance_sampling_cap": 1.2},
+                          stale=True)
+    assert grad[0] == pytest.approx([-1.2 / 6, -1 / 6, -0.5 / 6])
+    assert grad[1] == pytest.approx([0.0, -1 / 6, -0.5 / 6])
+    assert m["is_weight"] == pytest.approx((1.2 + 1 + 0.5 + 3) / 6) and m["is_capped_fraction"] == pytest.approx(1 / 6)
+
+
+def test_off_policy_corrections_default_to_on_exactly_when_samples_may_be_stale():
+    assert off_policy_options(cfg()) == (False, False, 3.0)
+    assert off_policy_options(cfg(max_staleness=1)) == (True, True, 3.0)
+    assert off_policy_options(cfg(max_staleness=2, off_policy_clip=False, importance_sampling_cap=2.0)) == (
+        False, True, 2.0)
+    assert off_policy_options(cfg(importance_sampling=True)) == (False, True, 3.0)
+    # off by default in a synchronous run: the loss is exactly the on-policy one, behaviour or not
+    logp = -torch.rand(2, 5, generator=torch.Generator().manual_seed(4), dtype=D)
+    plain, m = policy_loss(logp, logp, ADV, MASK, cfg())
+    given, _ = policy_loss(logp, logp, ADV, MASK, cfg(), behaviour_logp=logp - 1.0, stale=torch.tensor([True, True]))
+    assert plain.item() == given.item() and "is_weight" not in m
+
+
+def test_off_policy_corrections_need_behaviour_logprobs():
+    z = torch.zeros(2, 5)
+    with pytest.raises(ValueError, match="needs behaviour_logp"):
+        policy_loss(z, z, ADV, MASK, cfg(importance_sampling=True))
+    with pytest.raises(ValueError, match="offPolicyClip needs stale"):
+        policy_loss(z, z, ADV, MASK, cfg(off_policy_clip=True), behaviour_logp=z)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_padding_changes_no_off_policy_correction(loss_type):
+    g = torch.Generator().manual_seed(5)
+    logp = -torch.rand(2, 5, generator=g, dtype=D)
+    behaviour = logp + 0.5 * torch.randn(2, 5, generator=g, dtype=D)
+    pad = lambda x, v: torch.cat([x, torch.full((2, 4), v, dtype=x.dtype)], dim=1)  # noqa: E731
+    c = cfg(loss_type, max_staleness=1)
+    stale = torch.tensor([True, False])
+    short, m1 = policy_loss(logp, logp, ADV, MASK, c, max_response_tokens=16, behaviour_logp=behaviour, stale=stale)
+    # padding whose exp would overflow float64 if it were not masked before exp
+    long, m2 = policy_loss(pad(logp, 800.0), pad(logp, 800.0), ADV, pad(MASK, 0), c, max_response_tokens=16,
+                           behaviour_logp=pad(behaviour, -800.0), stale=stale)
+    assert long.item() == pytest.approx(short.item(), abs=1e-12)
+    assert m2["is_weight"] == pytest.approx(m1["is_weight"]) and math.isfinite(m2["is_weight"])

@@ -122,9 +122,90 @@ def test_line_mode_reads_the_first_line_up_to_equals(completion, expected):
     assert extract_answer(completion, LINE) == expected
 
 
+BOXED = AnswerExtraction(mode="boxed")
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        ("so the answer is \\boxed{42}.", "42"),
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),  # nested braces
+        ("\\boxed{ {1, 2} }", "{1, 2}"),
+        ("\\boxed {7}", "7"),
+        ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),  # escaped braces balance too
+        ("\\boxed{41} no, \\boxed{42}", "42"),  # only the last box counts
+        ("$\\boxed{41}$ and \\boxed{42", None),  # the last box never closed: cut inside the answer
+        ("\\boxed{}", None),
+        ("\\boxed{  }", None),
+        ("\\boxed 42", None),
+        ("\\boxed", None),
+        ("no box: 42", None),
+        ("<answer>42</answer>", None),
+    ],
+)
+def test_boxed_mode_reads_the_last_balanced_box(completion, expected):
+    assert extract_answer(completion, BOXED) == expected
+
+
 def test_huge_completions_have_no_answer():
     assert extract_answer("x" * MAX_COMPLETION_CHARS + "<answer>1</answer>", TAG) is None
     assert extract_answer("1+2" * (ONE_MB // 3), LINE) is None
+    assert extract_answer("x" * MAX_COMPLETION_CHARS + "\\boxed{1}", BOXED) is None
+
+
+def test_boxed_mode_is_linear_on_hostile_text():
+    start = time.perf_counter()
+    assert extract_answer("\\boxed{" + "{" * (MAX_COMPLETION_CHARS - 10), BOXED) is None
+    assert extract_answer("\\boxed{1}" * (MAX_COMPLETION_CHARS // 10), BOXED) == "1"
+    assert time.perf_counter() - start < 5  # quadratic scanning would take hours
+
+
+# --- the answers maj@k votes on --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "answers", "key"),
+    [
+        ("countdown", ["9-4*2", " 9 - 4 * 2", "9-4 *2"], "9-4*2"),
+        ("math", ["0.5", "\\frac12", "\\dfrac{1}{2}", "$\\frac{1}{2}$", ".5", "\\frac{ 1 }{ 2 }"], "\\frac{1}{2}"),
+        ("math", ["\\left( 1, 2 \\right)", "(1,2)"], "(1,2)"),
+        ("arc", ["01\n20", "0 1\n2 0", "[[0, 1], [2, 0]]", "```\n01\n20\n```"], "[[0, 1], [2, 0]]"),
+        ("code", ["def f():\n    return 1", "def f():  \n\n  return   1 "], "def f():\nreturn 1"),
+    ],
+)
+def test_answer_keys_merge_the_same_answer_written_differently(name, answers, key):
+    specs = [spec("format"), spec(name)]  # the first graded verifier decides, format never does
+    assert [verifiers.answer_key(specs, ans(a)) for a in answers] == [key] * len(answers)
+
+
+@pytest.mark.parametrize(
+    ("name", "a", "b"),
+    [("countdown", "9-4*2", "9-2*4"), ("math", "\\frac{1}{2}", "\\frac{1}{3}"), ("math", "12", "1 2 3"),
+     ("arc", "01\n20", "0120"), ("arc", "01", "10")],
+)
+def test_answer_keys_keep_different_answers_apart(name, a, b):
+    specs = [spec(name)]
+    assert verifiers.answer_key(specs, ans(a)) != verifiers.answer_key(specs, ans(b))
+
+
+def test_answer_key_follows_the_verifiers_extraction():
+    boxed = [spec("math", answer={"mode": "boxed"})]
+    assert verifiers.answer_key(boxed, "so \\boxed{0.5}") == "\\frac{1}{2}"
+    assert verifiers.answer_key(boxed, ans("0.5")) is None  # no box: no vote
+    assert verifiers.answer_key([spec("countdown")], "<think>x</think> no answer") is None
+    assert verifiers.answer_key([spec("format")], ans("1")) is None  # nothing graded: nothing to vote on
+    assert verifiers.answer_key([spec("math")], ans("4" * 2001)) is None  # over MAX_ANSWER_CHARS
+    assert verifiers.answer_key([spec("arc")], ans("not a grid")) == "not a grid"  # votes, and loses
+
+
+def test_math_answer_key_is_quick_on_hostile_text():
+    verifiers.answer_key([spec("math")], ans("1"))  # imports math-verify's normaliser (seconds) outside the clock
+    start = time.perf_counter()
+    # runs of inner spaces take some of math-verify's normaliser's regexes ~1 s each at this length
+    for hostile in ["1" + " " * 1998 + "1", "\\frac" + " " * 1990 + "1", "^" + " " * 1990 + "(", "^(" * 999,
+                    "\\frac{" * 333]:
+        verifiers.answer_key([spec("math")], ans(hostile))
+    assert time.perf_counter() - start < 10  # unbounded input would take minutes
 
 
 # --- countdown ------------------------------------------------------------------------------
@@ -315,6 +396,13 @@ def test_math_only_the_last_block_counts(math_pool):
     assert run("math", "<answer>42</answer><answer>41</answer>", "42").score == 0.0
     assert run("math", "<answer>42</answer>" + "x" * ONE_MB, "42").score == 0.0
     assert run("math", ans("4" * 5000), "42").score == 0.0  # over MAX_ANSWER_CHARS
+
+
+def test_math_reads_a_boxed_answer(math_pool):
+    boxed = {"answer": {"mode": "boxed"}}
+    assert run("math", "<think>half</think> so \\boxed{\\frac{1}{2}}", "0.5", **boxed).score == 1.0
+    assert run("math", "\\boxed{0.5} or rather \\boxed{\\frac{1}{3}}", "0.5", **boxed).score == 0.0
+    assert run("math", "\\boxed{\\frac{1}{3}} or rather \\boxed{\\frac{1}{2", "0.5", **boxed).score == 0.0
 
 
 @pytest.mark.parametrize("gold", ["", "\\frac{1}{", "\\", None, ["1"]])
