@@ -256,6 +256,7 @@ def _record(state, samples: list[Sample], gathered: list[dict[str, float]], algo
         "weights_version": state.weights_version,
         # which prompts the step trained on, so a resumed run can be compared with an unbroken one
         "tasks_sha": hashlib.sha256(",".join(s.task_id for s in samples[::algo.group_size]).encode()).hexdigest()[:16],
+        "samples": len(samples),  # the step's batch: the same whatever the fleet's size
         "reward_mean": float(rewards.mean()),
         "reward_by_verifier": by_verifier,
         "accuracy": float(np.mean([s.correct for s in samples])),
