@@ -39,7 +39,7 @@ TOLERATIONS = [{"key": HACK.REAL_NODE_TAINT, "operator": "Exists", "effect": "No
 SMALL = {"requests": {"cpu": "100m", "memory": "256Mi"}}
 RELEASE = "zeroth"
 OPERATOR_SELECTOR = "app.kubernetes.io/component=operator"
-MAX_STEPS = 60  # about 2 s a step here: long enough for a kill, probes and a suspension mid-run
+MAX_STEPS = 100  # about 2 s a step here: long enough for scaling, a kill, probes and a suspension mid-run
 
 
 def sh(cluster: Cluster, *args: str, timeout: float = 120) -> str:
@@ -150,6 +150,8 @@ def broken(cluster: Cluster, ns: str, selector: str) -> list[str]:
     out = []
     for p in pods(cluster, ns, selector):
         name = p["metadata"]["name"]
+        if p["metadata"].get("deletionTimestamp"):
+            continue  # going away on purpose (scaled down, deleted): its container's exit is expected
         for cond in p["status"].get("conditions", []):
             if cond["type"] == "PodScheduled" and cond["status"] == "False":
                 out.append(f"{name}: {cond.get('reason')}: {cond.get('message')}")
@@ -269,6 +271,16 @@ def test_countdown_in_containers_killed_and_suspended(crd, operator_ns, namespac
     wait_for("step 3", healthy(c, ns, selector, lambda: any(r["step"] >= 3 for r in metric_steps(run_dir))), 900, explain)
     t_train = time.monotonic()
 
+    # kubectl scale, down and up: the fleet follows its pods mid-run, without a restart
+    rollouts = f"{selector},zeroth.dev/role=rollout"
+    c.kubectl("scale", f"reasoningrun/{name}", "-n", ns, "--replicas=1")
+    wait_for("the fleet down to 1 worker", healthy(c, ns, selector, lambda: len(pods(c, ns, rollouts)) == 1 and any(
+        r.get("rollout_workers") == 1 for r in metric_steps(run_dir))), 300, explain)
+    c.kubectl("scale", f"reasoningrun/{name}", "-n", ns, "--replicas=3")
+    wait_for("the fleet up to 3 workers", healthy(c, ns, selector, lambda: any(
+        r.get("rollout_workers") == 3 for r in metric_steps(run_dir))), 600, explain)
+    assert phase(c, ns, name).get("restarts", 0) == 0, "scaling restarted the gang"
+
     # a real kill: the pod deleted, its container stopped by the kubelet; the gang restarts
     c.kubectl("delete", "pod", f"{name}-trainer-1", "-n", ns, "--wait=false")
     wait_for("status.restarts 1", lambda: phase(c, ns, name).get("restarts", 0) >= 1, 300, explain)
@@ -308,6 +320,13 @@ def test_countdown_in_containers_killed_and_suspended(crd, operator_ns, namespac
     # nothing, so the steps may show no cut at all: status.restarts and resumes count the disruptions
     steps = metric_steps(run_dir)
     order = [r["step"] for r in steps]
+    # every step trained on the whole batch, whatever the fleet's size; the fleet lost one worker
+    # (scaled down) and gained two (the new pods of the scale up)
+    algorithm = api.ReasoningRun.model_validate(countdown(name, claim_name)).spec.algorithm
+    assert {r["samples"] for r in steps} == {algorithm.prompts_per_step * algorithm.group_size}, steps
+    workers = [r["rollout_workers"] for r in steps]
+    assert 1 in workers and 3 in workers and workers[-1] == 3, workers
+    assert sum(r["rollout_workers_lost"] for r in steps) >= 1 and sum(r["rollout_workers_joined"] for r in steps) >= 2, steps
     cuts = [0] + [i for i in range(1, len(order)) if order[i] != order[i - 1] + 1] + [len(order)]
     segments = [order[a:b] for a, b in zip(cuts, cuts[1:])]
     assert sorted(set(order)) == list(range(1, MAX_STEPS + 1)) and order[-1] == MAX_STEPS, order
