@@ -220,7 +220,9 @@ def ray_head_service(run: api.ReasoningRun, uid: str) -> dict[str, Any]:
 
 def network_policy(run: api.ReasoningRun, uid: str) -> dict[str, Any]:
     """Ray and the rendezvous run code for whoever reaches them: only the run's own pods may, on any
-    port (Ray and NCCL pick ports of their own); Prometheus reaches `metrics` from anywhere."""
+    port (Ray and NCCL pick ports of their own, and the weight broadcast's store listens on a free
+    port of trainer rank 0, which every rollout engine connects to); Prometheus reaches `metrics`
+    from anywhere."""
     own = {"matchLabels": {LABEL_RUN: run.metadata.name}}
     return _object("networking.k8s.io/v1", "NetworkPolicy", _metadata(run, uid, run.metadata.name), spec={
         "podSelector": own,

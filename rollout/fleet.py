@@ -16,6 +16,7 @@ locally `connect` gives the one Ray node as many units as there are workers, and
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -24,9 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from zeroth import api
-from zeroth.rollout.weights import ObjectStoreSync
+from zeroth.rollout import weights
+from zeroth.rollout.weights import checksum
 from zeroth.rollout.worker import RolloutWorker, Sample
 
+log = logging.getLogger(__name__)
 
 ROLLOUT_RESOURCE = api.ROLLOUT_RESOURCE  # the operator's rollout pods advertise it under this name
 
@@ -67,6 +70,18 @@ def sampling_seed(seed: int, *parts: int) -> int:
 
 # A fleet with no worker waits this long for a rollout pod to (re)join before the trainer gives up.
 NO_WORKER_SECONDS = 900.0
+# A worker gets this long to apply a version (it may first finish a generation in flight), and a
+# send that failed for live workers is tried this many times in all.
+SYNC_SECONDS = 1800.0
+SYNC_ATTEMPTS = 2
+
+
+def applied_version(result: Any) -> int | None:
+    """The version a worker reports applied: a set_weights result, or a broadcast's calls' results
+    (join, then one per bucket: the last one's is the version)."""
+    if isinstance(result, list):
+        return result[-1] if result else None
+    return result
 
 
 @dataclass
@@ -104,7 +119,8 @@ class Fleet:
     rollout pod went, unless none at all is left for `NO_WORKER_SECONDS`.
     """
 
-    def __init__(self, spec: api.ReasoningRunSpec, model_path: str, workers: int, cpus_per_worker: float = 1.0):
+    def __init__(self, spec: api.ReasoningRunSpec, model_path: str, workers: int, cpus_per_worker: float = 1.0,
+                 sync: weights.WeightSync | None = None):
         import ray
 
         self.spec = spec
@@ -114,8 +130,8 @@ class Fleet:
         self._args = (model_path, spec.model_dump(by_alias=True, mode="json"))
         self._created = 0
         self.workers = [self._new_actor() for _ in range(workers)]
-        self.joining: dict[Any, Any] = {}  # a joining actor's first set_weights call -> the actor
-        self.sync = ObjectStoreSync()
+        self.joining: dict[Any, Any] = {}  # a joining actor's first call (prepare) -> the actor
+        self.sync = sync if sync is not None else weights.make_sync(spec)  # the object store, or a broadcast
         self.in_flight: dict[int, Request] = {}
         self.version = -1
         self.cursor = 0  # the next prompt a new request reads
@@ -128,15 +144,48 @@ class Fleet:
 
     def publish(self, version: int, state_dict) -> float:
         """Sends weights `version` to every worker and waits until all applied them; returns seconds.
-        A worker lost on the way is dropped; workers that join later get these weights first."""
+        A worker lost on the way is dropped, one that does not answer in `SYNC_SECONDS` too (killed:
+        a broadcast a dead peer stalled may hold it); a send that failed for the others (a
+        broadcast that lost a member) is sent again. Workers that join later get these weights first."""
         import time
+
+        from ray.exceptions import GetTimeoutError, RayTaskError
 
         t0 = time.perf_counter()
         self.sync.put(version, state_dict)
-        for worker, done in [(w, self.sync.send(w)) for w in self.workers]:
-            self._get(done, worker)
+        for _ in range(SYNC_ATTEMPTS):
+            failed: list[Exception] = []
+            targets = list(self.workers)
+            for worker, done in zip(targets, self.sync.send(targets), strict=True):
+                try:
+                    applied = self._get(done, worker, timeout=SYNC_SECONDS)
+                except GetTimeoutError:
+                    self._drop(worker)
+                except RayTaskError as e:
+                    failed.append(e)
+                else:
+                    if applied is not None and applied_version(applied) != version:  # None: gone, dropped
+                        failed.append(RuntimeError(f"a rollout worker ended weights version {version} at {applied!r}"))
+            if not failed:
+                break
+        else:
+            raise failed[0]
         self.version = version
         return time.perf_counter() - t0
+
+    def verify(self, state_dict) -> list[str]:
+        """Each worker's weights against `state_dict`, by checksum over the names the worker's engine
+        keeps as the trainer names them: one line per worker that differs (none: all equal)."""
+        wrong = []
+        for i, w in enumerate(list(self.workers)):
+            found = self._get(w.checked.remote(), w)
+            if found is None:
+                continue  # gone since
+            value, names = found
+            want = checksum({n: state_dict[n] for n in names})
+            if not names or value != want:
+                wrong.append(f"worker {i}: checksum {value[:16]} over {len(names)} tensors, the trainer's {want[:16]}")
+        return wrong
 
     def checksums(self) -> list[str]:
         return [c for w in list(self.workers) if (c := self._get(w.checksum.remote(), w)) is not None]
@@ -150,13 +199,13 @@ class Fleet:
 
     # ------------------------------------------------------------------------- membership
 
-    def _get(self, future: Any, worker: Any) -> Any:
+    def _get(self, future: Any, worker: Any, timeout: float | None = None) -> Any:
         """ray.get of a call to `worker`; None (and the worker dropped) when its actor is gone."""
         import ray
         from ray.exceptions import RayActorError
 
         try:
-            return ray.get(future)
+            return ray.get(future, timeout=timeout)
         except RayActorError:
             self._drop(worker)
             return None
@@ -170,27 +219,35 @@ class Fleet:
             ray.kill(worker, no_restart=True)
 
     def _follow(self) -> None:
-        """Joining actors that are ready become workers; each free rollout slot gets a joining actor."""
+        """Joining actors that are ready become workers once they hold the newest weights; each
+        free rollout slot gets a joining actor."""
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
         if self.joining:
             ready, _ = ray.wait(list(self.joining), num_returns=len(self.joining), timeout=0)
             for done in ready:
                 actor = self.joining.pop(done)
                 try:
-                    version = ray.get(done)
+                    applied = ray.get(done)["version"]  # its engine is loaded: now the newest weights
+                    if applied < self.sync.version:
+                        applied = applied_version(ray.get(self.sync.send([actor])[0], timeout=SYNC_SECONDS))
                 except RayActorError:
                     continue  # its pod went before it was ready
-                if version < self.sync.version:
-                    self.sync.send(actor)  # applied before any request: an actor runs calls in order
+                except (RayTaskError, GetTimeoutError) as e:
+                    applied = e
+                if applied != self.sync.version:
+                    log.warning("a joining rollout worker did not take weights version %d (%s); its slot gets "
+                                "another", self.sync.version, applied)
+                    ray.kill(actor, no_restart=True)
+                    continue
                 self.workers.append(actor)
                 self.joined += 1
         if not self.joining and self.sync.version >= 0:
             # a spurious count (resource views lag) only makes an actor wait for the next free slot
             for _ in range(int(ray.available_resources().get(ROLLOUT_RESOURCE, 0))):
                 actor = self._new_actor()
-                self.joining[self.sync.send(actor)] = actor
+                self.joining[actor.prepare.remote()] = actor
 
     def _live(self) -> list[Any]:
         """The workers, waiting (up to NO_WORKER_SECONDS) for one to join when none is left."""

@@ -34,6 +34,7 @@ import torch
 
 from zeroth import api
 from zeroth.rollout import vllm_worker
+from zeroth.rollout.broadcast import copy_into
 from zeroth.rollout.weights import checksum, from_numpy
 
 
@@ -132,6 +133,18 @@ class Engine(Protocol):
     def checksum(self) -> str:
         """`weights.checksum` of the engine's weights that have the trainer's names and shapes."""
 
+    def checked(self) -> tuple[str, list[str]]:
+        """`checksum` and the trainer's names it covers."""
+
+    # Weights by broadcast (`zeroth.rollout.broadcast`): the engine's processes that hold a part
+    # of the model join the sender's group, `ranks` consecutive ranks from `first_rank`.
+    ranks: int
+
+    def join_weights(self, group: Mapping[str, Any], first_rank: int) -> None: ...
+
+    def receive_weights(self, bucket: Mapping[str, Any]) -> int | None:
+        """Takes one bucket in place; the version once its last bucket is in, else None."""
+
 
 class HFEngine:
     """`transformers` generate with the KV cache; left-padded batches, positions from the mask."""
@@ -186,6 +199,29 @@ class HFEngine:
     def checksum(self):
         return checksum(self.model.state_dict())
 
+    def checked(self):
+        state = self.model.state_dict()
+        return checksum(state), sorted(state)
+
+    ranks = 1  # this process
+
+    def join_weights(self, group, first_rank):
+        from zeroth.rollout.broadcast import Receiver
+
+        self._receiver = getattr(self, "_receiver", None) or Receiver()
+        self._receiver.join(group, first_rank, self.model.device)
+
+    def receive_weights(self, bucket):
+        got = self._receiver.receive(bucket)
+        state = self.model.state_dict()
+        if got.first:
+            self._arrived: set[str] = set()
+        copy_into(state, got.tensors)  # in place, on the model's device
+        self._arrived.update(name for name, _ in got.tensors)
+        if got.version is not None and (missing := set(state) - self._arrived):
+            raise RuntimeError(f"weights version {got.version} lacks {sorted(missing)[:5]} ({len(missing)} tensors)")
+        return got.version
+
 
 class VLLMEngine:
     """vLLM's offline `LLM` (the V1 engine); weights replaced in place in each of its workers."""
@@ -221,9 +257,34 @@ class VLLMEngine:
     def checksum(self):
         """Over the weights vLLM keeps under the trainer's name and shape (it fuses q/k/v and
         gate/up, and shards across tensor-parallel ranks); every rank must agree."""
+        return self.checked()[0]
+
+    def checked(self):
         found = self.llm.collective_rpc("zeroth_checksum", args=(getattr(self, "_shapes", {}),))
         values = {value for value, _ in found}
-        return values.pop() if len(values) == 1 else "ranks differ: " + ", ".join(sorted(values))
+        value = values.pop() if len(values) == 1 else "ranks differ: " + ", ".join(sorted(values))
+        return value, sorted(found[0][1]) if found else []
+
+    @property
+    def ranks(self):
+        return self.spec.rollout.tensor_parallel_size  # one worker process per tensor-parallel rank
+
+    def join_weights(self, group, first_rank):
+        self.llm.collective_rpc("zeroth_join", args=(dict(group), first_rank))
+
+    def receive_weights(self, bucket):
+        # every tensor-parallel worker takes the whole bucket; the model's loader keeps its shard
+        versions = set(self.llm.collective_rpc("zeroth_receive", args=(dict(bucket),)))
+        if len(versions) != 1:
+            raise RuntimeError(f"tensor-parallel workers ended bucket {bucket['index']} differently: {versions}")
+        if bucket["index"] == 0:
+            self._arriving = {}
+        self._arriving.update(zip(bucket["names"], bucket["shapes"]))
+        version = versions.pop()
+        if version is not None:
+            self.llm.reset_prefix_cache()  # cached prefixes hold keys and values of the old weights
+            self._shapes = self._arriving
+        return version
 
 
 def make_engine(model_path: str, spec: api.ReasoningRunSpec, tokenizer, stop_ids: list[int],

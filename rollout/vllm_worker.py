@@ -6,6 +6,10 @@ in the process that holds the `LLM`. vLLM mixes a `worker_extension_cls` into it
 shard loads its own part of the new weights (the model's `load_weights` shards and fuses them the
 way the model's loader does: q/k/v into qkv_proj, gate/up into gate_up_proj).
 
+Two ways in: `zeroth_load` takes numpy arrays (from Ray's object store); `zeroth_join` and
+`zeroth_receive` make each worker a rank of the trainer's broadcast group
+(`zeroth.rollout.broadcast`): rank `first_rank + self.rank`, its buffers on this worker's GPU.
+
 This module imports neither vLLM nor CUDA at import time: vLLM imports it by name inside its
 workers, and the tests exercise it with a stand-in worker on the CPU.
 """
@@ -18,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from zeroth.rollout.broadcast import Receiver
 from zeroth.rollout.weights import checksum
 
 # The name vLLM imports (`LLM(worker_extension_cls=...)`).
@@ -42,6 +47,7 @@ class WeightLoader:
 
     model_runner: Any  # vLLM's, on the worker this class is mixed into
     device: Any
+    rank: int  # the worker's rank within its engine (its tensor-parallel rank)
 
     def _zeroth_model(self) -> torch.nn.Module:
         return self.model_runner.model
@@ -56,6 +62,35 @@ class WeightLoader:
             torch.cuda.synchronize()
         # load_weights returns the names it loaded (vLLM's names): a weight it skipped is a bug
         return len(loaded) if loaded is not None else len(named)
+
+    def zeroth_join(self, group: Mapping[str, Any], first_rank: int) -> None:
+        """Joins the trainer's broadcast group (a new one replaces the old)."""
+        if getattr(self, "_zeroth_receiver", None) is None:
+            self._zeroth_receiver = Receiver()
+        self._zeroth_receiver.join(group, first_rank + self.rank, self.device)
+
+    def zeroth_receive(self, bucket: Mapping[str, Any]) -> int | None:
+        """One bucket of a version, loaded through the model's loader as it arrives; the version
+        once its last bucket is in. As vLLM's own loader does, a version that left a parameter of
+        the model unloaded is an error."""
+        got = self._zeroth_receiver.receive(bucket)
+        model = self._zeroth_model()
+        if got.first:
+            self._zeroth_loaded: set[str] | None = set()
+        loaded = model.load_weights(got.tensors)
+        if loaded is None:  # a loader that does not say what it loaded: nothing to check
+            self._zeroth_loaded = None
+        elif self._zeroth_loaded is not None:
+            self._zeroth_loaded.update(loaded)
+        if got.version is not None:
+            if self._zeroth_loaded is not None:
+                missing = {name for name, _ in model.named_parameters()} - self._zeroth_loaded
+                if missing:
+                    raise RuntimeError(f"weights version {got.version} left {sorted(missing)[:5]} unloaded "
+                                       f"({len(missing)} parameters)")
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+        return got.version
 
     def zeroth_checksum(self, shapes: Mapping[str, list[int]]) -> tuple[str, list[str]]:
         """The checksum of this shard's weights that have the trainer's name and shape (`shapes`):

@@ -101,8 +101,29 @@ class RolloutWorker:
         self.version = version
         return version
 
+    def prepare(self) -> dict[str, int]:
+        """Loads the engine now (the first call to a new worker); its weights version and how many
+        ranks its engine takes in a broadcast group."""
+        return {"version": self.version, "ranks": self.engine.ranks}
+
+    def join_weights(self, group: dict[str, Any], first_rank: int) -> None:
+        """Joins the trainer's broadcast group (`zeroth.rollout.broadcast`), as ranks from `first_rank`."""
+        self.engine.join_weights(group, first_rank)
+
+    def receive_weights(self, bucket: dict[str, Any]) -> int | None:
+        """One bucket of broadcast weights; once the last is in, they are version `bucket["version"]`."""
+        version = self.engine.receive_weights(bucket)
+        if version is not None:
+            self.version = version
+        return version
+
     def checksum(self) -> str:
         return self.engine.checksum()
+
+    def checked(self) -> tuple[str, list[str]]:
+        """The checksum and the trainer's weight names it covers (all of them for HF; for vLLM the
+        ones it keeps unfused and unsharded)."""
+        return self.engine.checked()
 
     def get_version(self) -> int:
         return self.version

@@ -10,6 +10,7 @@ prompts and draws the same samples as one that never stopped.
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import time
 from pathlib import Path
@@ -222,9 +223,28 @@ def _task(t: data.Task) -> dict[str, Any]:
     return {"id": t.id, "prompt": t.prompt, "gold": t.gold}
 
 
+# Set (to 1), rank 0 checks after every publish that each rollout worker's weights equal the
+# trainer's (by checksum), prints a line saying so, and fails the run when one differs: for
+# bench/gpu_check.py and debugging; it costs a checksum of the whole model per step.
+VERIFY_VAR = "ZEROTH_VERIFY_WEIGHTS"
+
+
 def _publish(policy: Policy, fleet, version: int) -> float:
+    """Weights `version` to the rollout fleet (rank 0); seconds it took to send them."""
+    if fleet is None and policy.spec.trainer.deepspeed.zero_stage != 3:
+        return 0.0  # only ZeRO-3's gathers need every rank; below it rank 0 holds whole weights
     weights = policy.state_dict(keep=fleet is not None)  # every rank takes part (ZeRO-3 gathers)
-    return fleet.publish(version, weights) if fleet is not None else 0.0
+    if fleet is None:
+        return 0.0
+    seconds = fleet.publish(version, weights)
+    if os.environ.get(VERIFY_VAR, "") not in ("", "0"):
+        wrong = fleet.verify(weights)
+        if wrong:
+            raise RuntimeError(f"after publishing weights version {version}, rollout weights differ from the "
+                               "trainer's: " + "; ".join(wrong))
+        print(f"weights version {version} verified: {len(fleet.workers)} rollout workers hold the trainer's "
+              f"weights ({type(fleet.sync).__name__}, {seconds:.3f} s)", flush=True)
+    return seconds
 
 
 def _save(policy: Policy, state: ckpt.TrainerState, fleet, directory: Path, keep: int) -> None:
