@@ -12,8 +12,11 @@ so callers can skip the sample instead of training on a reward that could never 
 
 parse and verify run in a persistent worker process (`workers.WorkerPool`) with a hard wall-clock
 limit of `spec.timeout_seconds`: math-verify's signal-based timeouts are switched off (they fail
-off the main thread), and an overrunning worker is killed and replaced. Workers have a 4 GiB
-address-space limit. Gold parses are cached in the worker (a group of samples shares one gold).
+off the main thread), and an overrunning worker is killed and replaced by a fork of a warm spare
+(math-verify imported and primed once), so the next sample never pays a start-up. The limit
+covers the call's own work only, and a verdict read after it is a timeout too: every score either
+came within `timeout_seconds` or is flagged `timed_out`. Workers have a 4 GiB address-space
+limit. Gold parses are cached in the worker (a group of samples shares one gold).
 
 Defends against: slow or exploding symbolic work (`9^{9^{9}}`, huge factorials) by the kill;
 memory blow-ups by the address-space limit; listing candidates in one block (a list or set is
@@ -47,7 +50,7 @@ def pool() -> WorkerPool:
         _pool = WorkerPool(
             size=min(4, os.cpu_count() or 1),
             memory_bytes=WORKER_MEMORY_BYTES,
-            preload=(__name__, "math_verify"),
+            preload=("math_verify", f"{__name__}:prime"),
         )
     return _pool
 
@@ -57,7 +60,14 @@ def as_latex(text: str) -> str:
     return "$" + text.strip().strip("$").strip() + "$"
 
 
-# Everything below `check` runs inside the worker process.
+# Everything below runs inside the worker process.
+
+
+def prime() -> None:
+    """Run once in the zygote: math-verify's first parse and verify fill lazy caches (a parser,
+    compiled patterns) that would otherwise cost each fresh worker's first call a few tenths."""
+    check("\\frac{1}{2}", "0.5")
+    _parse_gold.cache_clear()
 
 
 @functools.cache
