@@ -405,6 +405,42 @@ def test_math_reads_a_boxed_answer(math_pool):
     assert run("math", "\\boxed{\\frac{1}{3}} or rather \\boxed{\\frac{1}{2", "0.5", **boxed).score == 0.0
 
 
+@pytest.mark.parametrize(
+    ("answer", "gold", "expected"),
+    [
+        # a percent sign scores only against a percent gold (math-verify: 10% equals 10 and 0.1)
+        ("10\\%", "10", 0.0),
+        ("10\\%", "0.1", 0.0),
+        ("10%", "10", 0.0),
+        ("10 \\text{ percent}", "10", 0.0),
+        ("10\\%", "10\\%", 1.0),
+        ("10", "10\\%", 1.0),
+        ("0.1", "10\\%", 1.0),
+        # an equation answer to a plain gold must be `variable = value` (math-verify: any right side)
+        ("x = 5", "5", 1.0),
+        ("x = 2+3", "5", 1.0),
+        ("2+3=5", "5", 0.0),
+        ("10 = 5", "5", 0.0),
+        ("5=5", "5", 0.0),
+        ("y=x=5", "5", 0.0),
+        ("5", "x=5", 1.0),
+        ("x=5", "x=5", 1.0),
+        # numbers with a decimal agree to 6 significant digits (math-verify: to 6 decimal places)
+        ("0.0000001", "0.0000002", 0.0),
+        ("0.00000015", "2 \\times 10^{-7}", 0.0),
+        ("x = 0.0000001", "0.0000002", 0.0),
+        ("0.0000001", "0", 0.0),
+        ("0.0000002", "2 \\times 10^{-7}", 1.0),
+        ("0.333333", "\\frac{1}{3}", 1.0),
+        ("0.666667", "\\frac{2}{3}", 1.0),
+        ("0.5000001", "0.5", 1.0),
+    ],
+)
+def test_math_stricter_than_math_verify(math_pool, answer, gold, expected):
+    result = run("math", ans(answer), gold)
+    assert (result.score, result.error) == (expected, None)
+
+
 @pytest.mark.parametrize("gold", ["", "\\frac{1}{", "\\", None, ["1"]])
 def test_math_gold_that_does_not_parse_is_reported(math_pool, gold):
     result = run("math", ans("1"), gold)
