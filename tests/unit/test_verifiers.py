@@ -350,6 +350,21 @@ def test_format(completion, expected):
     assert run("format", completion, None).score == expected
 
 
+INVISIBLE = ["\u200b", "\ufeff", "\u2060", "\u200c\u200d", "\u00a0", "\u00ad", "\u202e", "\u3164",
+             "\u2800", "\u034f", " \u200b\n\u2060\t\ufeff "]
+
+
+@pytest.mark.parametrize("blank", INVISIBLE)
+def test_an_answer_of_invisible_characters_is_no_answer(blank):
+    assert run("format", f"<think>a</think><answer>{blank}</answer>", None).score == 0.0
+    assert extract_answer(f"<answer>{blank}</answer>", TAG) is None
+    assert extract_answer(f"\\boxed{{{blank}}}", AnswerExtraction(mode="boxed")) is None
+    assert extract_answer(f"{blank}=5", LINE) is None
+    assert verifiers.answer_key([spec("countdown")], ans(blank)) is None
+    # a visible character among them is an answer
+    assert run("format", f"<think>a</think><answer>{blank}7</answer>", None).score == 1.0
+
+
 def test_format_uses_the_configured_answer_tag():
     completion = "<think>a</think><final>b</final>"
     final = VerifierSpec(name="format", answer=AnswerExtraction(tag="final"))
