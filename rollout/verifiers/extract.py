@@ -16,7 +16,10 @@ Three modes, all strict, all linear-time (plain string searches, no regular expr
   for gold solutions (no box gives the whole text back, an unclosed box the rest of the text, and
   boxes a few characters apart are joined), which a reward must not be.
 
-Defends against: many answer blocks (only the last counts), empty blocks (no answer), nested or
+Defends against: many answer blocks (only the last counts), empty blocks (no answer), blocks of
+only invisible characters (no answer either: `is_blank` — whitespace including NBSP, zero-width
+and other format characters such as U+200B, U+FEFF, U+2060, controls, unassigned code points,
+lone combining marks, and the blank-looking letters U+115F, U+1160, U+3164, U+FFA0, U+2800), nested or
 unbalanced tags (only the last closing tag and the last opening tag before it matter), and huge
 completions (over `MAX_COMPLETION_CHARS` there is no answer at all, so no later step ever sees
 megabytes of hostile text). Does not judge what is inside the block: each verifier bounds and
@@ -25,12 +28,29 @@ parses its answer itself.
 
 from __future__ import annotations
 
+import unicodedata
+
 from zeroth.api import AnswerExtraction
 
 # 256 Ki characters is more than any sane maxResponseTokens produces (~4 characters a token);
 # a longer completion is treated as having no answer rather than truncated, so text beyond the
 # limit can never decide a reward.
 MAX_COMPLETION_CHARS = 256 * 1024
+
+
+# Unicode categories that draw nothing: format (zero-width spaces and joiners, BOM, word joiner,
+# bidi marks), controls, unassigned and surrogate code points, separators, lone combining marks.
+INVISIBLE_CATEGORIES = frozenset({"Cf", "Cc", "Cn", "Cs", "Zs", "Zl", "Zp", "Mn", "Me"})
+# Letters and symbols that render as blanks (Hangul fillers, the Braille blank).
+INVISIBLE_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def is_blank(text: str) -> bool:
+    """Whether `text` shows nothing: empty, or only whitespace and invisible characters."""
+    return all(
+        c.isspace() or c in INVISIBLE_CHARACTERS or unicodedata.category(c) in INVISIBLE_CATEGORIES
+        for c in text
+    )
 
 
 def last_tag_block(text: str, tag: str) -> str | None:
@@ -80,7 +100,8 @@ def first_line_before_equals(text: str) -> str:
 
 
 def extract_answer(completion: str, answer: AnswerExtraction) -> str | None:
-    """The answer text a verifier should judge, stripped; None when there is no (non-empty) answer."""
+    """The answer text a verifier should judge, stripped; None when there is no answer, or only
+    whitespace and invisible characters (`is_blank`)."""
     if not isinstance(completion, str) or len(completion) > MAX_COMPLETION_CHARS:
         return None
     if answer.mode == "tag":
@@ -94,4 +115,4 @@ def extract_answer(completion: str, answer: AnswerExtraction) -> str | None:
     if found is None:
         return None
     found = found.strip()
-    return found or None
+    return None if is_blank(found) else found

@@ -8,12 +8,14 @@ The leading `<think>` is optional, because R1-Zero prompt templates end with `<t
 completion then starts directly with the reasoning. Either way there must be exactly one
 `</think>`, at most one `<think>` (and then at the very start), exactly one `<answer>` and one
 `</answer>`, in that order, with nothing after `</answer>`. The reasoning may be empty (as in the
-R1 regex); the answer may not, so an empty answer block earns no format reward. The answer tag is
-`spec.answer.tag` when the answer is read from a tag, else `answer`.
+R1 regex); the answer may not, so an empty answer block earns no format reward, nor does one of
+only invisible characters (zero-width spaces, BOMs, word joiners, NBSPs: `extract.is_blank`).
+The answer tag is `spec.answer.tag` when the answer is read from a tag, else `answer`.
 
 Defends against: several think or answer blocks (the open-r1 format hack), text after the answer
-(a second try appended after the graded block), answer tags inside the reasoning, empty answers,
-huge completions (over the extraction limit there is no format reward). Does not judge whether
+(a second try appended after the graded block), answer tags inside the reasoning, empty or
+invisible answers, huge completions (over the extraction limit there is no format reward).
+Does not judge whether
 the reasoning is reasoning: a format reward only shapes the output, and its weight should stay
 small next to the correctness verifiers.
 """
@@ -24,7 +26,7 @@ from typing import Any
 
 from zeroth.api import VerifierSpec
 
-from .extract import MAX_COMPLETION_CHARS
+from .extract import MAX_COMPLETION_CHARS, is_blank
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -46,7 +48,7 @@ def well_formed(completion: str, tag: str = "answer") -> bool:
     rest = rest.strip()
     if not (rest.startswith(opening) and rest.endswith(closing)):
         return False
-    return bool(rest[len(opening) : -len(closing)].strip())
+    return not is_blank(rest[len(opening) : -len(closing)])
 
 
 def verify(completion: str, gold: Any, spec: VerifierSpec) -> float:
