@@ -1,18 +1,22 @@
 """Code: the program in the answer passes the task's tests, run in the sandbox.
 
-Gold: `{"tests": str}`, Python test code (asserts) that runs after the program in the same
-namespace. The program is the last ```python (or ```py, or bare ```) fenced block of the answer;
-an answer with no fence is the program itself. Score 1 when the sandbox reports that the program
-and then all the tests ran to their end (exit status 0 and the harness's token), else 0. Limits:
-`spec.timeout_seconds` of wall clock for the whole run, `spec.memory_mi_b` of address space per
-process; see sandbox.py for the rest.
+Gold: `{"tests": str}`, Python test code (asserts) that uses the names the program defines. The
+program is the last ```python (or ```py, or bare ```) fenced block of the answer; an answer with
+no fence is the program itself. Score 1 when every test ran to its end, else 0. The tests run in
+a process of their own against proxies of the program's names (sandbox.py): values cross as plain
+data, so what the tests compare is what the program computed, never an object of the program's.
+Tests may pass the program plain values and the program's own objects, and may catch the builtin
+exceptions it raises; a program that changes a list, dict, set or bytearray argument in place is
+seen to. Limits: `spec.timeout_seconds` of wall clock for the program's load and every call,
+`spec.memory_mi_b` of address space; see sandbox.py for the rest.
 
-Defends against: everything sandbox.py lists (fork bombs, sleeps, huge allocations and files,
-endless output, network, writes outside the working directory, early `sys.exit(0)`), several
-code blocks (only the last counts), over-long programs (over `MAX_PROGRAM_CHARS` there is no
-program). Does not defend against what sandbox.py lists as undefended, above all in-process
-tampering with the tests by a program that shares their interpreter; and against weak tests,
-which a program can pass without solving the task.
+Defends against: everything sandbox.py lists (tampering with the tests' interpreter, objects equal
+to everything, reading the tests, other samples' files, the worker's environment, signals,
+ptrace, sockets, fork and memory bombs, sleeping past the deadline, children that outlive the
+sample), several code blocks (only the last counts), over-long programs (over
+`MAX_PROGRAM_CHARS` there is no program). Does not defend against weak tests, which a program
+can pass without solving the task. Where the sandbox cannot run safely (a non-root worker on a
+kernel without Landlock), every score records the error instead of running code.
 """
 
 from __future__ import annotations

@@ -1,24 +1,22 @@
-"""Stage 1 of the code sandbox: confine this process, then exec the harness as an unprivileged user.
+"""Stage 1 of the code sandbox: confine this process, then exec the test runner.
 
 Run by `sandbox.run_python` as `python -I -S sandbox_launch.py UID CPU_S MEMORY_B FSIZE_B NPROC
-NAMESPACES PYTHON`, in a fresh session, with the working directory holding `harness.py`, `solution.py`
-and `tests.py`, an empty environment, and stdout/stderr on a log file. Standard library only, and
-no imports beyond what the steps need: anything imported here is gone at the `exec`.
+VERDICT_FD PYTHON`, in a fresh session, with the working directory holding the sandbox's files
+(`sandbox.FILES`), an empty environment, the job on stdin (left for the runner) and stdout and
+stderr on a log file. Standard library only: anything imported here is gone at the `exec`.
 
-Steps, each best effort where the kernel or the pod's seccomp profile may refuse:
-1. If root and NAMESPACES: new network and mount namespaces. The network namespace has only a
+Steps:
+1. Root mode (UID >= 0): new network, mount and IPC namespaces. The network namespace has only a
    loopback interface, down: no connection goes anywhere, 127.0.0.1 included. In the mount
    namespace a fresh size-limited tmpfs becomes `/tmp` and the working directory (the files are
    copied in), the other world-writable places get empty read-only tmpfs mounts, and `/` is
-   remounted read-only, so the program can write nowhere but its own small tmpfs.
-   If not root: try an unprivileged user namespace with a network namespace (works where user
-   namespaces are allowed; a restricted pod's default seccomp profile forbids it).
-2. If root: drop to the per-run UID (no supplementary groups), so process limits count this run
-   alone and the caller can kill every process of the run by its UID.
-3. `no_new_privs`: setuid binaries cannot give privileges back.
-4. rlimits: CPU seconds, address space, file size, open files, processes, no core dumps.
-5. The first line of the log says which isolation applied; then exec `PYTHON -I harness.py`,
-   with `--guard` (the audit-hook network block) when no network namespace could be made.
+   remounted read-only. Then drop to the per-run UID (no supplementary groups), so the run's
+   processes are the only ones of that UID and the caller can kill them all by it.
+   Restricted mode (UID -1, a non-root pod): no namespaces (the pod's seccomp profile refuses
+   them); the solution process confines itself with Landlock and seccomp (sandbox_solver.py).
+2. `no_new_privs`: setuid binaries cannot give privileges back, and seccomp and Landlock may load.
+3. rlimits: CPU seconds, address space, file size (the log), open files, processes, no core dumps.
+4. exec `PYTHON -I -S -B sandbox_runner.py VERDICT_FD`.
 """
 
 import ctypes
@@ -26,10 +24,10 @@ import os
 import resource
 import sys
 
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWNET = 0x00020000, 0x08000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
-FILES = ("harness.py", "solution.py", "tests.py")
+FILES = ("sandbox_runner.py", "sandbox_solver.py", "sandbox_wire.py")
 COVERED = ("/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")  # world-writable besides /tmp
 TMPFS_SIZE = "64m"
 
@@ -52,8 +50,7 @@ def _private_filesystem(uid):
         with open(name, "rb") as f:
             files[name] = f.read()
     _mount(None, "/", None, MS_REC | MS_PRIVATE, None)  # nothing we mount leaks to the host
-    owner = f",uid={uid},gid={uid}" if uid >= 0 else ""
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={TMPFS_SIZE},mode=0700{owner}")
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={TMPFS_SIZE},mode=0700,uid={uid},gid={uid}")
     for path in COVERED:
         if os.path.isdir(path) and not os.path.islink(path):
             _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=0555")
@@ -65,37 +62,23 @@ def _private_filesystem(uid):
     for name, data in files.items():
         with open(name, "wb") as f:
             f.write(data)
+        os.chown(name, uid, uid)
 
 
 def main():
-    uid, cpu, memory, fsize, nproc, namespaces = (int(a) for a in sys.argv[1:7])
+    uid, cpu, memory, fsize, nproc, verdict_fd = (int(a) for a in sys.argv[1:7])
     python = sys.argv[7]
-    root = os.geteuid() == 0
-    net = fs = False
-    if namespaces and root:
+    if uid >= 0:
         try:
-            _call(libc.unshare, CLONE_NEWNET | CLONE_NEWNS)
-            net = True
+            _call(libc.unshare, CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWIPC)
             _private_filesystem(uid)
-            fs = True
-        except OSError:
-            if not net:
-                try:
-                    _call(libc.unshare, CLONE_NEWNET)
-                    net = True
-                except OSError:
-                    pass
-    elif namespaces:
-        try:
-            _call(libc.unshare, CLONE_NEWUSER | CLONE_NEWNET)
-            net = True
-        except OSError:
-            pass
-    if root and uid >= 0:
+        except OSError as e:  # root without CAP_SYS_ADMIN (a container): the caller says so
+            print(f"zeroth-sandbox: cannot confine: root, but no namespaces here ({e})", file=sys.stderr, flush=True)
+            sys.exit(70)
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
-    libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    _call(libc.prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     for limit, soft, hard in (
         (resource.RLIMIT_CPU, cpu, cpu + 1),  # SIGXCPU first, so the caller can tell a CPU timeout
         (resource.RLIMIT_AS, memory, memory),
@@ -106,9 +89,7 @@ def main():
     ):
         resource.setrlimit(limit, (soft, hard))
     os.umask(0o077)
-    print(f"zeroth-sandbox: network={'namespace' if net else 'audit-hook'} "
-          f"filesystem={'private' if fs else 'shared'} uid={os.getuid()}", file=sys.stderr, flush=True)  # fmt: skip
-    os.execv(python, [python, "-I", "harness.py"] + ([] if net else ["--guard"]))
+    os.execv(python, [python, "-I", "-S", "-B", "sandbox_runner.py", str(verdict_fd)])
 
 
 if __name__ == "__main__":

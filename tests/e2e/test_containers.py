@@ -85,8 +85,16 @@ def describe(cluster: Cluster, ns: str) -> str:
     """What a failure shows: every pod's phase and container states, and the events."""
     out = []
     for p in cluster.get("pods", "-n", ns)["items"]:
-        states = [(s["name"], s.get("state"), s.get("restartCount")) for s in p["status"].get("containerStatuses", [])]
+        statuses = p["status"].get("initContainerStatuses", []) + p["status"].get("containerStatuses", [])
+        states = [(s["name"], s.get("state"), s.get("restartCount")) for s in statuses]
         out.append(f"{p['metadata']['name']}: {p['status'].get('phase')} {states}")
+        for s in statuses:  # what a container that ended badly said
+            ended = s.get("lastState", {}).get("terminated") or s.get("state", {}).get("terminated")
+            if ended and ended.get("exitCode"):
+                flag = ["--previous"] if s.get("lastState", {}).get("terminated") else []
+                log = cluster.kubectl("logs", p["metadata"]["name"], "-c", s["name"], "-n", ns, "--tail=30", *flag,
+                                      check=False).stdout
+                out.append(f"  {s['name']} exited {ended['exitCode']}:\n" + log)
     events = cluster.kubectl("get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False).stdout
     return "\n".join(out) + "\n" + events[-4000:]
 
@@ -362,3 +370,37 @@ def test_countdown_in_containers_killed_and_suspended(crd, operator_ns, namespac
     wait_for("the run's pods gone", lambda: not pods(c, ns, selector), 300, explain)
     wait_for("no container of the namespace running on the node", lambda: not running_containers(ns), 300,
              lambda: str(running_containers(ns)))
+
+
+def test_the_code_sandbox_holds_in_a_rollout_pod(crd, image, namespace):
+    """Every attack of `sandbox_check` fails, and an honest program passes, in a pod made by the
+    operator's own builder for rollout pods (non-root, no capabilities, read-only root, the
+    runtime's default seccomp profile) under the real node's containerd: the mode the rollout
+    workers really verify code in."""
+    from zeroth.operator import builders
+    from zeroth import validation
+
+    run = validation.validate(countdown("sandbox", "unused"), source="test")
+    pod = builders.rollout_pod(run, "uid", 0)
+    spec = pod["spec"]
+    spec.pop("initContainers", None)
+    (container,) = spec["containers"]
+    container["command"] = ["python", "-m", "zeroth.rollout.verifiers.sandbox_check", "--json"]
+    container["env"] = [e for e in container["env"] if "valueFrom" not in e]  # no run, so no token Secret
+    spec.update(restartPolicy="Never", serviceAccountName="default")
+    name = "sandbox-check"
+    crd.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+
+    def ended():
+        phase = crd.get("pod", name, "-n", namespace)["status"].get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    wait_for("the sandbox check to end", ended, 300, lambda: describe(crd, namespace))
+    logs = crd.kubectl("logs", name, "-n", namespace).stdout
+    report = json.loads(logs.strip().splitlines()[-1])
+    rows = {r["name"]: r for r in report["rows"]}
+    assert report["mode"] == "restricted" and report["landlock"] >= 1, report
+    assert rows.pop("honest")["passed"], report
+    assert [n for n, r in rows.items() if r["passed"]] == [] and report["reached"] == [], report
+    assert len(rows) >= 19 and report["held"]
+    print(f"sandbox check in a rollout pod: {len(rows)} attacks failed, Landlock ABI {report['landlock']}")
