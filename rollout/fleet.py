@@ -335,7 +335,8 @@ class Fleet:
                 g = more[i:i + G]
                 (keep if informative([s.reward for s in g]) else dropped).append(g)
         chosen = (keep + dropped)[:want]
-        self.last_draw = {"prompts_drawn": drawn, "all_equal_groups_fraction_drawn": first_dropped / max(len(groups), 1)}
+        self.last_draw = {"prompts_drawn": drawn, "all_equal_groups_fraction_drawn": first_dropped / max(len(groups), 1),
+                          "informative_groups_drawn": len(keep)}
         return [s for g in chosen for s in g]
 
     def resume_cursor(self) -> int:

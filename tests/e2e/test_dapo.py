@@ -33,6 +33,11 @@ def test_dapo_options_train_and_dynamic_sampling_drops_signal_free_groups(tmp_pa
         # as the refill rounds allowed, so the trained batch has fewer of them
         assert r["all_equal_groups_fraction"] <= r["all_equal_groups_fraction_drawn"], r["step"]
         assert (r["prompts_drawn"] > prompts) == (r["all_equal_groups_fraction_drawn"] > 0), r["step"]
+        # every group with signal that any draw found is trained on, up to the step's size: only
+        # the places the refills could not fill take signal-free groups
+        assert round(r["all_equal_groups_fraction"] * prompts) == max(0, prompts - r["informative_groups_drawn"]), r
+    # How much refills help depends on how often a new group has signal, which falls as the policy
+    # sharpens: no fixed ratio, but over the run they must have replaced some
     drawn = sum(r["all_equal_groups_fraction_drawn"] for r in recs)
     trained = sum(r["all_equal_groups_fraction"] for r in recs)
-    assert drawn > 0 and trained < drawn / 2, (trained, drawn)
+    assert drawn > 0 and trained < drawn, (trained, drawn)
