@@ -52,6 +52,13 @@ class RolloutWorker:
         self.model_path = model_path
         self._engine = None
         self.version = 0
+        if any(v.name == "math" for v in self.spec.verifiers):
+            import threading
+
+            from zeroth.rollout.verifiers import math_answers
+
+            # the math workers' zygote imports sympy while the model loads, not during the first step
+            threading.Thread(target=math_answers.pool().warm_up, name="math-warm-up", daemon=True).start()
 
     def _load(self) -> None:
         from transformers import AutoTokenizer
