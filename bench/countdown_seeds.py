@@ -11,6 +11,7 @@ e2e test's assertions would pass on each. `spread.png` plots every seed's held-o
 accuracy during training against its baseline.
 
     python bench/countdown_seeds.py --seeds 0 1 2 3          # ~6 min a seed on 2 cores
+    python bench/countdown_seeds.py --seeds 0 1 --max-staleness 2   # the asynchronous run's claim
     python bench/countdown_seeds.py --score runs/countdown-tiny-*   # score finished runs
     hack/slow.sh 0.67 python bench/countdown_seeds.py --seeds 0    # the same on a 3x slower machine
 """
@@ -40,10 +41,12 @@ from zeroth import validation  # noqa: E402
 TINY = ROOT / "examples" / "countdown-tiny.yaml"
 
 
-def train(seed: int, out: Path, console: Console) -> Path:
+def train(seed: int, out: Path, console: Console, max_staleness: int = 0) -> Path:
     m = yaml.safe_load(TINY.read_text())
     m["metadata"]["name"] = f"seed-{seed}"
     m["spec"]["algorithm"]["seed"] = seed
+    if max_staleness:  # asynchronous: the off-policy corrections keep their defaults
+        m["spec"]["algorithm"]["maxStaleness"] = max_staleness
     path = out / f"seed-{seed}.yaml"
     path.write_text(yaml.safe_dump(m))
     console.print(f"[bold]seed {seed}[/]: training ({m['spec']['algorithm']['maxSteps']} steps)")
@@ -83,11 +86,12 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3])
     p.add_argument("--score", type=Path, nargs="*", default=None, help="score these finished run directories instead")
     p.add_argument("--out", type=Path, default=None, help="where runs and the summary go (default runs/seeds-<stamp>)")
+    p.add_argument("--max-staleness", type=int, default=0, help="train asynchronously, up to this many versions ahead")
     args = p.parse_args()
     console = Console(width=110)
     out = args.out or ROOT / "runs" / f"seeds-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
-    run_dirs = args.score if args.score is not None else [train(seed, out, console) for seed in args.seeds]
+    run_dirs = args.score if args.score is not None else [train(seed, out, console, args.max_staleness) for seed in args.seeds]
     results = []
     for run_dir in run_dirs:
         run = validation.validate(json.loads((run_dir / "run.json").read_text()), source=str(run_dir / "run.json"))

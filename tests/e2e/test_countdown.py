@@ -10,12 +10,10 @@ arithmetic) on the 200 held-out tasks, and asks three things of the trained poli
   answers either way, so it loses exactly nothing;
 - swapped, it falls to about the target-blind level (at most SWAP_SLACK above it).
 
-The same run with `maxStaleness: 2` (asynchronous: generation runs up to two weight versions ahead
-of the trainer, with the off-policy corrections on, as they are by default there) must learn as
-well by the same three bounds, and its records must show that its samples really were stale and
-that the loss clipped them against the rollout's behaviour log-probs: a synchronous or
-behaviour-blind loss anchors the ratio at the trainer's own log-probs, where it is exactly 1 and
-nothing is clipped.
+The same claim for the asynchronous run (`maxStaleness: 2`) is measured by
+`bench/countdown_seeds.py --max-staleness 2` (README), not here: a second 256-step run would cost
+`make test` about 10 minutes. Its mechanics (stale samples clipped against the behaviour
+log-probs, importance weights) are tested on a short run in test_resume_async.py.
 
 A run is reproducible on one machine, not across CPUs, so these bounds are set for the spread of
 honest runs, measured over seeds 0-3 with bench/countdown_seeds.py (README: margins +0.100 to
@@ -32,11 +30,11 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import scoring
-from tests.e2e.conftest import TINY, finish, manifest, records, run_dir_of, start_run, steps
+from tests.e2e.conftest import TINY, finish, records, run_dir_of, start_run, steps
 from zeroth import validation
 from zeroth.trainer import models
 
-# each of the module's two full runs (256 steps, ~6 min each on the reference machine) counts in
+# the module's full run (256 steps, ~6 min on the reference machine) counts in
 # the limit of the first test that uses it
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
@@ -59,17 +57,6 @@ def trained(tmp_path_factory):
     return run, run_dir_of(tmp, run.metadata.name)
 
 
-@pytest.fixture(scope="module")
-def trained_async(tmp_path_factory):
-    """The same example with `maxStaleness: 2`; the off-policy corrections keep their defaults."""
-    tmp = tmp_path_factory.mktemp("countdown-async")
-    m = manifest(algorithm={"maxStaleness": 2})
-    m["metadata"]["name"] = "countdown-tiny-async"
-    run = validation.validate(m)
-    finish(start_run(tmp, m))
-    return run, run_dir_of(tmp, run.metadata.name)
-
-
 def assert_learned_to_use_the_target(run, run_dir: Path) -> None:
     s = scoring.score(run_dir / "model", run.spec)
     report = (f"held-out greedy {s['accuracy']:.3f}; best template {s['template']} {s['template_accuracy']:.3f}; "
@@ -82,10 +69,6 @@ def assert_learned_to_use_the_target(run, run_dir: Path) -> None:
 
 def test_learns_to_use_the_target(trained):
     assert_learned_to_use_the_target(*trained)
-
-
-def test_async_run_learns_to_use_the_target(trained_async):
-    assert_learned_to_use_the_target(*trained_async)
 
 
 def test_the_bounds_fail_a_policy_that_did_not_learn():
@@ -117,27 +100,3 @@ def test_synchronous_run_is_on_policy(trained):
     recs = steps(run_dir)
     assert max(r["staleness_max"] for r in recs) == 0
     assert max(r["logprob_mismatch"] for r in recs) < 1e-4
-
-
-def test_async_run_clips_stale_samples_against_the_behaviour_policy(trained_async):
-    """maxStaleness 2: most steps train on samples drawn with older weights, and the loss anchors
-    their ratio at the rollout's behaviour log-probs, so clipping binds on tokens the trainer has
-    since moved past the clip range. Fresh samples (the first step's) are anchored at the trainer's
-    own log-probs: ratio exactly 1, nothing clipped. The importance weights are recorded."""
-    run, run_dir = trained_async
-    algo = run.spec.algorithm
-    assert algo.max_staleness == 2 and algo.off_policy_clip is None and algo.importance_sampling is None  # the defaults
-    recs = steps(run_dir)
-    assert [r["step"] for r in recs] == list(range(1, algo.max_steps + 1))
-    staleness = [r["staleness_max"] for r in recs]
-    assert all(0 <= s <= 2 for s in staleness) and max(staleness) == 2, staleness
-    stale = [r for r in recs if r["staleness_max"] >= 1]
-    assert len(stale) >= 0.75 * len(recs), f"only {len(stale)} of {len(recs)} steps trained on stale samples"
-    # the trainer's log-probs of stale samples really differ from the rollout's (a synchronous run: < 1e-4)
-    assert all(r["logprob_mismatch"] > 1e-4 for r in stale), [r["logprob_mismatch"] for r in stale]
-    clipped = [r for r in stale if r["clip_fraction"] > 0]
-    assert len(clipped) >= 0.1 * len(stale), f"clipping bound on {len(clipped)} of {len(stale)} stale steps"
-    assert all(r["clip_fraction"] == 0 for r in recs if r["staleness_max"] == 0)
-    for r in recs:
-        assert "is_weight" in r and "is_capped_fraction" in r, sorted(r)
-        assert 0 < r["is_weight"] <= algo.importance_sampling_cap and 0 <= r["is_capped_fraction"] <= 1, r

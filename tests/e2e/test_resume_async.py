@@ -9,6 +9,7 @@ import pytest
 
 from tests.speed import scaled
 from tests.e2e.conftest import finish, kill_trainer, manifest, records, run_dir_of, start_run, steps, wait_for
+from zeroth import validation
 
 pytestmark = pytest.mark.e2e
 
@@ -69,4 +70,17 @@ def test_async_run_stays_within_max_staleness(tmp_path):
     staleness = [r["staleness_max"] for r in recs]
     assert max(staleness) == 2, staleness  # generation really ran ahead, and never further than 2
     assert all(0 <= s <= 2 for s in staleness)
+    # The loss anchors a stale sample's ratio at the rollout's behaviour log-probs, so clipping binds
+    # on tokens the trainer has since moved past the clip range; a fresh sample (the first step's)
+    # is anchored at the trainer's own log-probs: ratio exactly 1, nothing clipped. A synchronous or
+    # behaviour-blind loss would clip nothing at all. The importance weights are recorded.
+    algo = validation.validate(short("async", algorithm={"maxStaleness": 2})).spec.algorithm
+    assert algo.off_policy_clip is None and algo.importance_sampling is None  # the defaults: on when async
+    stale = [r for r in recs if r["staleness_max"] >= 1]
+    assert len(stale) >= len(recs) // 2, staleness
+    assert all(r["logprob_mismatch"] > 1e-4 for r in stale), [r["logprob_mismatch"] for r in stale]
+    assert any(r["clip_fraction"] > 0 for r in stale), [r["clip_fraction"] for r in stale]
+    assert all(r["clip_fraction"] == 0 for r in recs if r["staleness_max"] == 0)
+    for r in recs:
+        assert 0 < r["is_weight"] <= algo.importance_sampling_cap and 0 <= r["is_capped_fraction"] <= 1, r
     assert any(r.get("eval_greedy") is not None for r in records(run_dir_of(tmp_path, "async")))
