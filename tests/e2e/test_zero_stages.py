@@ -17,7 +17,7 @@ import torch
 from tests.conftest import ROOT
 from tests.e2e import zero_steps
 from tests.speed import scaled
-from zeroth.trainer import models
+from tests.tiny import save_random_tiny
 
 pytestmark = pytest.mark.e2e
 
@@ -26,11 +26,7 @@ STAGES = (0, 1, 2, 3)
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-random")
-    tok = models.build_tokenizer()
-    models.build_model(tok, seed=0).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_random_tiny(tmp_path_factory.mktemp("tiny-random"))
 
 
 def run_stage(stage: int, model_dir, out) -> dict:

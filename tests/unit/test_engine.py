@@ -22,9 +22,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from tests.tiny import save_random_tiny
 from zeroth import validation
 from zeroth.rollout.worker import Sample
-from zeroth.trainer import engine, grpo, models
+from zeroth.trainer import engine, grpo
 from zeroth.trainer.engine import Policy, micro_batches, pad_batch, token_logprobs
 
 D = torch.float64
@@ -32,12 +33,7 @@ D = torch.float64
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """A freshly initialised tiny-arith GPT-2 (no pretraining: these tests need weights, not skill)."""
-    path = tmp_path_factory.mktemp("tiny")
-    tokenizer = models.build_tokenizer()
-    models.build_model(tokenizer, seed=0).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_random_tiny(tmp_path_factory.mktemp("tiny-random"))
 
 
 @pytest.fixture(scope="module")
