@@ -2,7 +2,7 @@
 
 Started by the launcher (`sandbox_launch.py`) as `python -I -S -B sandbox_runner.py`, confined as
 the launcher left it, with the job on stdin (JSON: solution, tests, seconds, seccomp filter) and
-the verdict pipe as file descriptor 3. Standard library only.
+the verdict pipe's descriptor as its argument. Standard library only.
 
 The verdict is decided here and only here: the solution runs in another process
 (`sandbox_solver.py`), which this one makes non-dumpable-to-it (`PR_SET_DUMPABLE` 0: no ptrace, no
@@ -16,9 +16,9 @@ containment is ever asked of the solution (it would see the expected value and a
 exception the solution raised is raised here as the builtin exception of that name (else
 `RemoteError`), so tests that expect one can catch it.
 
-The verdict, one line on descriptor 3: `pass` when every test ran to its end; else `fail: why`,
+The verdict, one line on that descriptor: `pass` when every test ran to its end; else `fail: why`,
 or `timeout` when the solution did not answer before the deadline (the tests' own time is
-bounded by the caller's outer kill). Nothing else writes to descriptor 3: the solution process
+bounded by the caller's outer kill). Nothing else writes to it: the solution process
 never inherits it.
 """
 
