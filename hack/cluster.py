@@ -5,6 +5,8 @@
     python hack/cluster.py down    # stop what `up` started (by process id) and remove the real node
     python hack/cluster.py env     # print KUBECONFIG and PATH for a shell: eval "$(... env)"
     python hack/cluster.py load-image ARCHIVE NAME   # an OCI archive into the real node, as NAME
+    python hack/cluster.py restart NAME [SECONDS]    # stop one component (etcd, kube-apiserver, ...),
+                                                     # wait SECONDS, start it again as it was: chaos tests
 
 etcd, kube-apiserver (TLS, token authentication, Node and RBAC authorization, Pod Security
 admission), kube-controller-manager, kube-scheduler and kwok, built from upstream Go modules by
@@ -175,11 +177,46 @@ def _running(name: str) -> int | None:
     return pid if _alive(pid) else None
 
 
+def _commandfile(name: str) -> Path:
+    return STATE / "pids" / f"{name}.command.json"
+
+
 def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
     logf = open(STATE / "logs" / f"{name}.log", "ab")
     proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             start_new_session=True, cwd=STATE, env=env)
     _pidfile(name).write_text(str(proc.pid))
+    # for `restart`: the command line, and only what the environment adds to ours
+    extra = None if env is None else {k: v for k, v in env.items() if os.environ.get(k) != v}
+    write_json(_commandfile(name), {"argv": argv, "env": extra})
+
+
+def _healthy(name: str):
+    """How to tell that component `name` serves again after a restart (None: its own start is enough)."""
+    if name == "etcd":
+        return lambda: _http_ok(f"http://127.0.0.1:{PORTS['etcd']}/health")
+    if name == "kube-apiserver":
+        token = json.loads(kubeconfig().read_text())["users"][0]["user"]["token"]
+        return lambda: _https_ok(f"https://{API_HOST}:{PORTS['apiserver']}/readyz", token)
+    return None
+
+
+def restart(name: str, seconds: str = "0") -> None:
+    """Stops component `name` (SIGTERM, as a node drain or an upgrade would), leaves it down for
+    `seconds`, then starts it with the command line it last ran and waits until it serves."""
+    try:
+        saved = json.loads(_commandfile(name).read_text())
+    except OSError:
+        raise SystemExit(f"[cluster] restart: {name} was never started here (known: "
+                         f"{', '.join(sorted(p.name.removesuffix('.command.json') for p in (STATE / 'pids').glob('*.command.json')))})") from None
+    t0 = time.monotonic()
+    stop([name])
+    time.sleep(float(seconds))
+    start(name, saved["argv"], None if saved["env"] is None else {**os.environ, **saved["env"]})
+    check = _healthy(name)
+    if check:
+        wait_for(f"{name} to serve again", check, component=name)
+    log(f"restarted {name}: down {float(seconds):.0f}s, serving again {time.monotonic() - t0:.1f}s after the stop")
 
 
 def wait_for(what: str, check, timeout: float = 120.0, component: str | None = None) -> None:
@@ -409,7 +446,7 @@ def load_image(archive: str, name: str) -> None:
 
 def main(argv: list[str], commands: dict | None = None, doc: str | None = __doc__) -> int:
     """`python <script> COMMAND [ARGS]`: this script's commands, or another hack/ script's."""
-    commands = commands or {"up": up, "down": down, "env": env, "load-image": load_image}
+    commands = commands or {"up": up, "down": down, "env": env, "load-image": load_image, "restart": restart}
     try:
         command = commands[argv[1]]
         inspect.signature(command).bind(*argv[2:])

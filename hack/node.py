@@ -46,6 +46,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -271,7 +272,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         c.start("node-holder", ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount", "--propagation", "private",
                                 "sh", "-c", f"{mounts} && exec sleep infinity"])
         c.wait_for("the node's mount namespace", lambda: self._mounted("/run/containerd"), component="node-holder")
-        c.start("containerd", [*self.nsenter(), str(self.out / "bin" / "containerd"), "--config", str(d / "containerd.toml")], env=self.env())
+        # under a subreaper of its own: the shims it daemonizes are reaped when they end (hack/subreaper.py)
+        c.start("containerd", [sys.executable, str(Path(__file__).with_name("subreaper.py")), *self.nsenter(),
+                               str(self.out / "bin" / "containerd"), "--config", str(d / "containerd.toml")], env=self.env())
         c.wait_for("containerd", lambda: self.ctr("version", timeout=10).returncode == 0, component="containerd")
         for archive, name in ((self.out / "images" / "pause.tar", PAUSE_IMAGE), (self.out / "images" / "busybox.tar", TEST_IMAGE)):
             self.load_image(archive, name, pinned=True)

@@ -5,7 +5,15 @@ command). Every watch event of a run, and of any pod it owns, reconciles that ru
 listing after a (re)start delivers every object once, so a restarted operator converges without
 any memory of its own. Reconciling is idempotent: children have fixed names and are created only
 when missing (an AlreadyExists answer means done), pods are deleted by name, and the status write
-depends only on what the API server holds (see `plan`).
+depends only on what the API server holds (see `plan`). That write carries the resourceVersion the
+pass read: if the run changed since (a trainer's progress patch, another operator during a rolling
+update), the API server answers 409 and the pass starts again from a fresh read.
+
+What a real control plane does to it: every API call has a time limit (API_TIMEOUT_SECONDS), so a
+connection that hangs fails the pass, which is retried, instead of holding the run's lock for ever;
+a watch stream that goes quiet for longer than ZEROTH_WATCH_IDLE_SECONDS is dropped and opened
+again; an API server or etcd that is away makes passes fail, and they are retried with backoff and
+by the periodic resync (tests/integration/test_control_plane_faults.py).
 
 The run's config is frozen in its ConfigMap when the run is first seen: pods are always built from
 that copy, and later spec edits act only through `spec.rollout.replicas` (the scale subresource)
@@ -43,14 +51,35 @@ _failures: dict[tuple[str, str], int] = {}
 _frozen_runs: dict[str, api.ReasoningRun] = {}  # by uid: each run's config as its ConfigMap froze it
 RETRY_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
-_metrics = metrics.Metrics(names=("reconcile_seconds", "reconcile_errors", "runs"))
+CONFLICT_RETRIES = 10  # passes started again at once on a 409 before the pass counts as failed
+_metrics = metrics.Metrics(names=("reconcile_seconds", "reconcile_errors", "reconcile_conflicts", "runs"))
 _clients: dict[str, Any] = {}
+# connect, read: the time limits of every call the operator makes (its own and kopf's)
+API_TIMEOUT_SECONDS = (10.0, float(os.environ.get("ZEROTH_API_TIMEOUT_SECONDS", "30")))
+
+
+class _StaleRead(Exception):
+    """The run changed between this pass's read and its status write (409 Conflict)."""
+
+
+class _BoundedApiClient(client.ApiClient):
+    """An ApiClient whose calls all have a time limit: the client's default is none at all, and a
+    connection that stops answering (a dropped load balancer flow, a hung API server) would then
+    block the call, and the run's lock, for ever."""
+
+    def call_api(self, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+        return super().call_api(*args, _request_timeout=_request_timeout or API_TIMEOUT_SECONDS, **kwargs)
 
 
 @kopf.on.startup()
 def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # Events are posted by us, for phase changes, not per handler call
     settings.watching.server_timeout = 300
+    settings.watching.connect_timeout = settings.networking.connect_timeout = API_TIMEOUT_SECONDS[0]
+    settings.networking.request_timeout = API_TIMEOUT_SECONDS[1]
+    # a stream with no event (bookmarks included: about one a minute) for this long is presumed
+    # cut somewhere between here and the API server, and opened again
+    settings.watching.inactivity_timeout = float(os.environ.get("ZEROTH_WATCH_IDLE_SECONDS", "70"))
     port = int(os.environ.get("ZEROTH_OPERATOR_METRICS_PORT", "8000"))
     if port:
         start_http_server(port, registry=_metrics.registry)
@@ -58,7 +87,7 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         config.load_kube_config()
     else:
         config.load_incluster_config()
-    _clients["api"] = api_client = client.ApiClient()
+    _clients["api"] = api_client = _BoundedApiClient()
     _clients["core"] = client.CoreV1Api(api_client)
     _clients["custom"] = client.CustomObjectsApi(api_client)
     _clients["rbac"] = client.RbacAuthorizationV1Api(api_client)
@@ -70,9 +99,10 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
 def run_event(event: dict[str, Any], namespace: str, name: str, **_: Any) -> None:
     if event.get("type") == "DELETED":
-        _phases.pop((namespace, name), None)  # the garbage collector deletes the children
-        _frozen_runs.pop(event["object"]["metadata"]["uid"], None)
-        _publish_phases()
+        with _locks[(namespace, name)]:  # after a pass in flight, which would record the phase again
+            _phases.pop((namespace, name), None)  # the garbage collector deletes the children
+            _frozen_runs.pop(event["object"]["metadata"]["uid"], None)
+            _publish_phases()
         return
     reconcile(namespace, name)
 
@@ -86,14 +116,22 @@ def pod_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
 def reconcile(namespace: str, name: str) -> None:
     """One pass over one run; serialised per run (run and pod events arrive on different workers).
 
-    A failed pass is retried with backoff (kopf does not retry event handlers), and every run is
-    reconciled again every ZEROTH_RESYNC_SECONDS in case an event was missed.
+    A pass that meets a 409 on its status write starts again at once from a fresh read; a failed
+    pass is retried with backoff (kopf does not retry event handlers), and every run is reconciled
+    again every ZEROTH_RESYNC_SECONDS in case an event was missed.
     """
     key = (namespace, name)
     t0 = time.perf_counter()
     try:
         with _locks[key]:
-            _reconcile(namespace, name)
+            for again in range(CONFLICT_RETRIES, -1, -1):
+                try:
+                    _reconcile(namespace, name)
+                    break
+                except _StaleRead:
+                    _metrics["reconcile_conflicts"].labels(handler="reconcile").inc()
+                    if not again:
+                        raise
         _failures.pop(key, None)
     except Exception:
         _metrics["reconcile_errors"].labels(handler="reconcile").inc()
@@ -124,6 +162,11 @@ def _resync_forever(seconds: float) -> None:
         # children deleted since (by hand, or the garbage collector taking a same-named child of
         # an earlier run with the same name) are created again this round
         _ensured.clear()
+        listed = {(run["metadata"]["namespace"], run["metadata"]["name"]) for run in runs}
+        for key in set(_phases) - listed:  # deleted while no watch saw it
+            with _locks[key]:
+                _phases.pop(key, None)
+        _publish_phases()
         for run in runs:
             _quietly(run["metadata"]["namespace"], run["metadata"]["name"])
 
@@ -135,6 +178,8 @@ def _reconcile(namespace: str, name: str) -> None:
     except ApiException as e:
         if e.status == 404:  # deleted: the garbage collector deletes the pods
             _end_kueue_groups(namespace, name)
+            _phases.pop((namespace, name), None)
+            _publish_phases()
             return
         raise
     if body["metadata"].get("deletionTimestamp"):
@@ -155,8 +200,14 @@ def _reconcile(namespace: str, name: str) -> None:
 
     # status first: a restart's new attempt number must be stored before its pods change
     if any(status.get(k) != v for k, v in p.status.items()):
-        custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, api.PLURAL, name,
-                                                     {"status": p.status})
+        read = body["metadata"]["resourceVersion"]  # the plan holds only for the run as it was read
+        try:
+            custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, api.PLURAL, name,
+                                                         {"metadata": {"resourceVersion": read}, "status": p.status})
+        except ApiException as e:
+            if e.status == 409:
+                raise _StaleRead from e
+            raise
     if run.spec.queue_name and p.ends_group:  # first, so that no pod is gone before Kueue knows
         for pod in p.delete:
             _patch_pod(namespace, pod, builders.end_kueue_group())
@@ -248,8 +299,19 @@ def _create(obj: dict[str, Any]) -> None:
             api_name, method = _CREATE[obj["kind"]]
             getattr(_clients[api_name], method)(namespace, obj)
     except ApiException as e:
-        if e.status != 409:  # AlreadyExists: created before (by us, before a restart)
-            raise
+        if e.status == 409:  # AlreadyExists: created before (by us, before a restart)
+            return
+        if e.status == 403 and _namespace_terminating(e):  # the run goes with its namespace: nothing to do
+            return
+        raise
+
+
+def _namespace_terminating(e: ApiException) -> bool:
+    try:
+        causes = json.loads(e.body)["details"]["causes"]
+    except (TypeError, ValueError, KeyError):
+        return False
+    return any(cause.get("reason") == "NamespaceTerminating" for cause in causes)
 
 
 def _has_pod_monitor() -> bool:

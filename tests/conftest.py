@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -196,9 +196,11 @@ class Operator:
     metrics_port: int
     health_port: int
     proc: subprocess.Popen | None = None
+    env: dict[str, str] = field(default_factory=dict)  # settings of its own (ZEROTH_RESYNC_SECONDS, ...)
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "ZEROTH_OPERATOR_METRICS_PORT": str(self.metrics_port)}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "ZEROTH_OPERATOR_METRICS_PORT": str(self.metrics_port),
+               **self.env}
         kopf = Path(sys.executable).parent / "kopf"
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
@@ -232,6 +234,16 @@ class Operator:
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return r.read().decode()
+
+    def counter(self, name: str) -> float:
+        """The operator's counter `name` (zeroth/metrics.py's name), summed over its labels; 0 when unset."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from zeroth import metrics
+
+        full = metrics.BY_NAME[name].full_name
+        return sum(s.value for f in text_string_to_metric_families(self.metrics()) for s in f.samples
+                   if s.name == f"{full}_total")
 
 
 def _free_port() -> int:

@@ -81,6 +81,8 @@ DEFINITIONS: tuple[Metric, ...] = (
     # the operator
     Metric("reconcile_seconds", "histogram", "Operator reconcile time", ("handler",), _SECONDS),
     Metric("reconcile_errors", "counter", "Operator reconcile failures", ("handler",)),
+    Metric("reconcile_conflicts", "counter", "Operator passes planned again because the run changed under them (HTTP 409)",
+           ("handler",)),
     Metric("runs", "gauge", "ReasoningRuns by phase", ("namespace", "phase")),
 )
 
