@@ -222,9 +222,12 @@ def test_a_cut_watch_stream_and_hung_connections_are_dropped_and_opened_again(cr
         proxy.hang()
         assert proxy.hung >= 2  # at least the runs' and the pods' watch streams
         c.apply(small("after"), "-n", ns)
-        # bounded by the idle limit plus one call's time limit, not by kopf's or the client's defaults
-        # (70 s of silence; no limit at all on a call): 45 s leaves room for a slow machine's passes
+        t0 = time.monotonic()
         converge(c, ns, ["before", "after"], cut, timeout=45)
+        # bounded by the idle limit plus one call's time limit (5 + 5 s, and a pass), not by kopf's or
+        # the client's defaults (70 s of silence; no limit on a call). Not scaled: with a slow
+        # machine's factor, the bound would pass a 70 s wait; 60 s is 4 times what it takes here.
+        assert time.monotonic() - t0 < 60, f"{time.monotonic() - t0:.0f} s to reconcile a run applied after the cut"
         assert cut.proc.poll() is None
     finally:
         cut.stop()
