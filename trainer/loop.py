@@ -122,13 +122,8 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
         raise SystemExit(f"spec.algorithm.promptsPerStep ({algo.prompts_per_step}) must be divisible by trainer.replicas ({world})")
     policy = Policy(spec, model_path, batch_size // world)
     ckpt_dir = run_dir / "checkpoints"
-    state = ckpt.TrainerState()
-    found = ckpt.latest(ckpt_dir)
-    if found:
-        tag, state = found
-        policy.load(str(ckpt_dir), tag)
-        ckpt.restore_rng(state.rng)
-        state.restarts += 1
+    found = _resume(policy, ckpt_dir)
+    state = found or ckpt.TrainerState()
     torch.manual_seed(algo.seed + state.step)
 
     if rank == 0:
@@ -245,6 +240,19 @@ def _publish(policy: Policy, fleet, version: int) -> float:
         print(f"weights version {version} verified: {len(fleet.workers)} rollout workers hold the trainer's "
               f"weights ({type(fleet.sync).__name__}, {seconds:.3f} s)", flush=True)
     return seconds
+
+
+def _resume(policy: Policy, directory: Path) -> ckpt.TrainerState | None:
+    """Loads the newest complete checkpoint (weights, optimizer, scheduler, RNGs) into `policy` and
+    returns its trainer state; None when there is none. Directories without the marker are ignored."""
+    found = ckpt.latest(directory)
+    if not found:
+        return None
+    tag, state = found
+    policy.load(str(directory), tag)
+    ckpt.restore_rng(state.rng)
+    state.restarts += 1
+    return state
 
 
 def _save(policy: Policy, state: ckpt.TrainerState, fleet, directory: Path, keep: int) -> None:

@@ -1,0 +1,117 @@
+"""Faults in the engine, made for real: a trainer SIGKILLed in the middle of writing a checkpoint
+(the previous checkpoint is the one resumed, the partial one is ignored, then pruned), the run
+directory's disk full while the trained model is exported (a tmpfs of a few kilobytes: one clear
+error naming the path and the way out, nothing half-written left), and a verifier that times out on
+every sample (each scores 0, the step's rewards are all 0, and the timeout metric counts every one).
+
+DeepSpeed runs for real on a one-rank gloo group (tests/unit/conftest.py), on a tiny random GPT-2.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests import procs
+from tests.conftest import ROOT
+from tests.speed import scaled
+from tests.tiny import save_random_tiny
+from tests.unit.test_engine import load, make_samples, make_spec, weights_of
+from zeroth.trainer import checkpoint as ckpt
+from zeroth.trainer import loop
+from zeroth.trainer.engine import Policy
+
+ADVANTAGES = torch.tensor([1.0, -1.0, 0.5, -0.5] * 2)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_random_tiny(tmp_path_factory.mktemp("tiny-random"))
+
+
+def train(policy: Policy, seed: int) -> None:
+    samples = make_samples(8, seed=seed)
+    policy.train_step(samples, ADVANTAGES, sum(len(s.completion_ids) for s in samples), weights_version=0)
+
+
+# A trainer rank as torchrun starts it (`zeroth.trainer.main`'s set-up), through `loop._save`: the
+# checkpoint of step 2 completes; the one of step 3 is SIGKILLed once its first file is on disk.
+KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+
+import deepspeed
+import torch
+
+from tests.unit.test_faults import train
+from tests.unit.test_engine import make_spec
+from zeroth.trainer import checkpoint as ckpt, loop, main
+from zeroth.trainer.engine import Policy
+
+model_dir, directory = sys.argv[1], Path(sys.argv[2])
+main._skip_shared_memory_allreduce()
+deepspeed.init_distributed(dist_backend="gloo")
+policy = Policy(make_spec(model_dir), model_dir, per_rank=8)
+state = ckpt.TrainerState()
+train(policy, seed=2)
+state.step = 2
+loop._save(policy, state, None, directory, keep=2)
+torch.save(policy.state_dict(), directory.parent / "weights-at-2.pt")  # what the engine held then
+
+real_save = torch.save
+
+
+def save_then_die(obj, f, *args, **kwargs):
+    real_save(obj, f, *args, **kwargs)
+    if ckpt.tag(3) in str(f):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+torch.save = save_then_die  # DeepSpeed's checkpoint engine writes every file with torch.save
+train(policy, seed=3)
+state.step = 3
+loop._save(policy, state, None, directory, keep=2)
+sys.exit("the writer was not killed")
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_checkpoint_killed_mid_write_is_ignored_the_previous_one_resumes_and_the_next_save_prunes_it(
+        tmp_path, model_dir, process_group):
+    directory = tmp_path / "checkpoints"
+    env = procs.tag({**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
+                     "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+    child = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(model_dir), str(directory)], cwd=ROOT, env=env,
+                           check=False, capture_output=True, text=True, timeout=scaled(300))
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    partial = directory / ckpt.tag(3)
+    assert any(partial.iterdir()), "killed before any file of step 3 was written"
+
+    policy = Policy(make_spec(model_dir), str(model_dir), per_rank=8)  # a restarted trainer
+    state = loop._resume(policy, directory)
+    assert (state.step, state.restarts) == (2, 1)
+    assert not (partial / ckpt.STATE_FILE).exists()
+    saved = torch.load(tmp_path / "weights-at-2.pt")
+    resumed = weights_of(policy)
+    assert list(resumed) == list(saved)
+    for name, tensor in resumed.items():
+        torch.testing.assert_close(tensor, saved[name], atol=0, rtol=0, msg=name)
+    base = load(model_dir).state_dict()
+    assert any(not torch.equal(saved[k], base[k]) for k in saved)  # a trained checkpoint, not the base model
+
+    train(policy, seed=4)
+    state.step = 4
+    loop._save(policy, state, None, directory, keep=2)
+    assert sorted(p.name for p in directory.glob("step-*")) == [ckpt.tag(2), ckpt.tag(4)]
+
