@@ -200,18 +200,33 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
 
 
 def _export_model(policy: Policy, directory: Path) -> None:
-    """The trained policy as a Hugging Face model folder (`from_pretrained` loads it), written atomically."""
+    """The trained policy as a Hugging Face model folder (`from_pretrained` loads it), written atomically.
+
+    The last step's checkpoint is on disk before this runs: when the write fails (a full disk), the
+    partial folder is removed and every rank exits with one line naming the path and the way out
+    (`zeroth run --resume` loads that checkpoint and exports again)."""
+    import errno
     import shutil
 
     weights = policy.state_dict(keep=dist.get_rank() == 0)  # every rank takes part (ZeRO-3 gathers)
+    failure = None
     if dist.get_rank() == 0:
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        policy.engine.module.save_pretrained(tmp, state_dict=weights)
-        policy.tokenizer.save_pretrained(tmp)
-        shutil.rmtree(directory, ignore_errors=True)
-        tmp.rename(directory)
-    dist.barrier()
+        try:
+            policy.engine.module.save_pretrained(tmp, state_dict=weights)
+            policy.tokenizer.save_pretrained(tmp)
+            shutil.rmtree(directory, ignore_errors=True)
+            tmp.rename(directory)
+        except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own error, not OSError
+            shutil.rmtree(tmp, ignore_errors=True)
+            full = getattr(e, "errno", None) == errno.ENOSPC or f"os error {errno.ENOSPC}" in str(e)
+            failure = (f"exporting the trained model to {directory} failed: {type(e).__name__}: {e}. "
+                       f"{'The disk is full: free space on it' if full else 'Fix the cause'}, then run "
+                       f"`zeroth run --resume {directory.parent}`: it loads the last checkpoint and writes the model")
+    failure = _broadcast(failure)
+    if failure:
+        raise SystemExit(failure)
 
 
 def _task(t: data.Task) -> dict[str, Any]:

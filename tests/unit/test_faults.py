@@ -115,3 +115,39 @@ def test_a_checkpoint_killed_mid_write_is_ignored_the_previous_one_resumes_and_t
     loop._save(policy, state, None, directory, keep=2)
     assert sorted(p.name for p in directory.glob("step-*")) == [ckpt.tag(2), ckpt.tag(4)]
 
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs (a real filesystem that fills up), unmounted at the end whatever happens."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_full_disk_during_the_export_is_one_clear_error_and_nothing_half_written_stays(model_dir, process_group,
+                                                                                           small_disk):
+    from transformers import AutoModelForCausalLM
+
+    policy = Policy(make_spec(model_dir), str(model_dir), per_rank=8)
+    train(policy, seed=5)
+    with pytest.raises(SystemExit) as failed:
+        loop._export_model(policy, small_disk / "model")  # the model is ~3 MB
+    message = str(failed.value)
+    assert f"exporting the trained model to {small_disk / 'model'} failed" in message, message
+    assert "No space left on device" in message and "free space" in message, message
+    assert f"zeroth run --resume {small_disk}`" in message, message
+    assert list(small_disk.iterdir()) == []  # neither `model` nor a half-written `model.tmp`
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
+    loop._export_model(policy, small_disk / "model")
+    assert [p.name for p in small_disk.iterdir()] == ["model"]
+    exported = AutoModelForCausalLM.from_pretrained(small_disk / "model").state_dict()
+    for name, tensor in weights_of(policy).items():
+        torch.testing.assert_close(exported[name], tensor, atol=0, rtol=0, msg=name)
+
