@@ -151,3 +151,42 @@ def test_a_full_disk_during_the_export_is_one_clear_error_and_nothing_half_writt
     for name, tensor in weights_of(policy).items():
         torch.testing.assert_close(exported[name], tensor, atol=0, rtol=0, msg=name)
 
+
+def test_a_verifier_timing_out_on_every_sample_gives_a_step_of_zero_rewards_and_counts_every_timeout(
+        tmp_path, process_group):
+    """math-verify given 1 µs cannot answer any sample in time: each is scored through the rollout
+    worker's own path (generation, then its verification), the step trains on all-zero advantages, and
+    the reporter's `verifier_timeouts` counter and metrics.jsonl record it."""
+    from tests.unit import tiny_chat
+    from zeroth import api
+    from zeroth.rollout.worker import RolloutWorker
+    from zeroth.trainer import grpo
+    from zeroth.trainer.report import Reporter
+
+    model = tiny_chat.save(tmp_path / "model", tiny_chat.tokenizer(), rig="12")  # writes 1s and 2s: always an answer
+    spec = tiny_chat.spec_dict(model, verifiers=[{"name": "math", "timeoutSeconds": 1e-6, "answer": {"mode": "line"}}],
+                               algorithm={"groupSize": 4, "promptsPerStep": 2, "maxResponseTokens": 8},
+                               trainer={"gpusPerReplica": 0, "microBatchSize": 8})
+    worker = RolloutWorker(str(model), spec)
+    samples = worker.generate([{"id": "a", "prompt": "1+2=", "gold": "3"}, {"id": "b", "prompt": "2*6=", "gold": "12"}],
+                              group_size=4, seed=0)
+    assert len(samples) == 8
+    assert all(s.completion.strip() for s in samples)  # an answer to check in every sample
+    assert [s.verifier_timeouts for s in samples] == [["math"]] * 8
+    assert [(s.reward, s.scores, s.correct) for s in samples] == [(0.0, {"math": 0.0}, False)] * 8
+
+    run = api.ReasoningRunSpec.model_validate(spec)
+    rewards = torch.tensor([s.reward for s in samples])
+    advantages = grpo.group_advantages(rewards, 4, run.algorithm.scale_rewards, run.algorithm.only_positive_advantages)
+    policy = Policy(run, str(model), per_rank=8)
+    stats = policy.train_step(samples, advantages, sum(len(s.completion_ids) for s in samples), weights_version=0)
+    assert stats["grad_norm"] == 0.0  # nothing to learn from, and nothing broken
+    state = ckpt.TrainerState(step=1, weights_version=1)
+    record = loop._record(state, samples, [stats], run.algorithm, 1.0, 0.5, 0.0)
+    (tmp_path / "run").mkdir()
+    reporter = Reporter(tmp_path / "run", "timeouts", "default", run, None)
+    reporter.step(record, samples)
+    labels = {"run": "timeouts", "namespace": "default", "verifier": "math"}
+    assert reporter.metrics.registry.get_sample_value("zeroth_verifier_timeouts_total", labels) == 8
+    written = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(written) == 1 and '"reward_mean": 0.0' in written[0] and '"accuracy": 0.0' in written[0]
