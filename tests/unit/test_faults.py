@@ -1,8 +1,9 @@
 """Faults in the engine, made for real: a trainer SIGKILLed in the middle of writing a checkpoint
-(the previous checkpoint is the one resumed, the partial one is ignored, then pruned), the run
-directory's disk full while the trained model is exported (a tmpfs of a few kilobytes: one clear
-error naming the path and the way out, nothing half-written left), and a verifier that times out on
-every sample (each scores 0, the step's rewards are all 0, and the timeout metric counts every one).
+(the previous checkpoint is the one resumed, the partial one is ignored, then pruned); the run
+directory's disk full while the trained model is exported (a 64 KiB tmpfs: one clear error naming
+the path and the way out, nothing half-written left, and the export works once there is room); and
+a verifier that times out on every sample (each scores 0, the step trains on all-zero advantages,
+and the timeout metric counts every sample).
 
 DeepSpeed runs for real on a one-rank gloo group (tests/unit/conftest.py), on a tiny random GPT-2.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -23,6 +23,7 @@ from tests.conftest import ROOT
 from tests.speed import scaled
 from tests.tiny import save_random_tiny
 from tests.unit.test_engine import load, make_samples, make_spec, weights_of
+from zeroth.local import free_port
 from zeroth.trainer import checkpoint as ckpt
 from zeroth.trainer import loop
 from zeroth.trainer.engine import Policy
@@ -79,12 +80,6 @@ state.step = 3
 loop._save(policy, state, None, directory, keep=2)
 sys.exit("the writer was not killed")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_checkpoint_killed_mid_write_is_ignored_the_previous_one_resumes_and_the_next_save_prunes_it(
