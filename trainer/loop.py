@@ -122,13 +122,8 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
         raise SystemExit(f"spec.algorithm.promptsPerStep ({algo.prompts_per_step}) must be divisible by trainer.replicas ({world})")
     policy = Policy(spec, model_path, batch_size // world)
     ckpt_dir = run_dir / "checkpoints"
-    state = ckpt.TrainerState()
-    found = ckpt.latest(ckpt_dir)
-    if found:
-        tag, state = found
-        policy.load(str(ckpt_dir), tag)
-        ckpt.restore_rng(state.rng)
-        state.restarts += 1
+    found = _resume(policy, ckpt_dir)
+    state = found or ckpt.TrainerState()
     torch.manual_seed(algo.seed + state.step)
 
     if rank == 0:
@@ -205,18 +200,33 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
 
 
 def _export_model(policy: Policy, directory: Path) -> None:
-    """The trained policy as a Hugging Face model folder (`from_pretrained` loads it), written atomically."""
+    """The trained policy as a Hugging Face model folder (`from_pretrained` loads it), written atomically.
+
+    The last step's checkpoint is on disk before this runs: when the write fails (a full disk), the
+    partial folder is removed and every rank exits with one line naming the path and the way out
+    (`zeroth run --resume` loads that checkpoint and exports again)."""
+    import errno
     import shutil
 
     weights = policy.state_dict(keep=dist.get_rank() == 0)  # every rank takes part (ZeRO-3 gathers)
+    failure = None
     if dist.get_rank() == 0:
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        policy.engine.module.save_pretrained(tmp, state_dict=weights)
-        policy.tokenizer.save_pretrained(tmp)
-        shutil.rmtree(directory, ignore_errors=True)
-        tmp.rename(directory)
-    dist.barrier()
+        try:
+            policy.engine.module.save_pretrained(tmp, state_dict=weights)
+            policy.tokenizer.save_pretrained(tmp)
+            shutil.rmtree(directory, ignore_errors=True)
+            tmp.rename(directory)
+        except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own error, not OSError
+            shutil.rmtree(tmp, ignore_errors=True)
+            full = getattr(e, "errno", None) == errno.ENOSPC or f"os error {errno.ENOSPC}" in str(e)
+            failure = (f"exporting the trained model to {directory} failed: {type(e).__name__}: {e}. "
+                       f"{'The disk is full: free space on it' if full else 'Fix the cause'}, then run "
+                       f"`zeroth run --resume {directory.parent}`: it loads the last checkpoint and writes the model")
+    failure = _broadcast(failure)
+    if failure:
+        raise SystemExit(failure)
 
 
 def _task(t: data.Task) -> dict[str, Any]:
@@ -245,6 +255,19 @@ def _publish(policy: Policy, fleet, version: int) -> float:
         print(f"weights version {version} verified: {len(fleet.workers)} rollout workers hold the trainer's "
               f"weights ({type(fleet.sync).__name__}, {seconds:.3f} s)", flush=True)
     return seconds
+
+
+def _resume(policy: Policy, directory: Path) -> ckpt.TrainerState | None:
+    """Loads the newest complete checkpoint (weights, optimizer, scheduler, RNGs) into `policy` and
+    returns its trainer state; None when there is none. Directories without the marker are ignored."""
+    found = ckpt.latest(directory)
+    if not found:
+        return None
+    tag, state = found
+    policy.load(str(directory), tag)
+    ckpt.restore_rng(state.rng)
+    state.restarts += 1
+    return state
 
 
 def _save(policy: Policy, state: ckpt.TrainerState, fleet, directory: Path, keep: int) -> None:

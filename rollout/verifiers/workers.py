@@ -19,8 +19,10 @@ worker to start (the zygote's first start, or its restart after it died) is neve
 A call times out (`WorkerTimeout`) when no answer came by the deadline — the worker is then killed —
 and also when an answer came but was read after the deadline (a busy caller thread), so every call
 that returns a value returned it in time. Each process has an address-space limit, so a memory
-blow-up is a MemoryError in the worker, not the actor's death. Every process dies with its parent
-(`PR_SET_PDEATHSIG`): the caller's death kills the zygote, the zygote's death its workers.
+blow-up is a MemoryError in the worker, not the actor's death. Workers die with the zygote
+(`PR_SET_PDEATHSIG`); the zygote ends within a second of its caller's process, which it checks:
+that signal follows the thread that started a process, and a zygote may be started by a thread
+that ends soon after (the rollout worker's warm-up thread).
 
 Does not defend against: a caller that never calls (the zygote's start-up is paid by the first
 call, or by `warm_up`), or a machine so loaded that a fork takes longer than a call's timeout.
@@ -73,8 +75,8 @@ def zygote(fd: int, memory_bytes: int, parent: int, preload: list[str]) -> None:
     say ready, then fork workers and kill them on request.
 
     Only the zygote reaps its workers, and only those it was asked to kill, so a pid the caller
-    asks to kill is never a reused one (a worker that died on its own stays a zombie until then)."""
-    _die_with_parent(parent)
+    asks to kill is never a reused one (a worker that died on its own stays a zombie until then).
+    It returns once its parent is gone (checked every second), and with it its workers die."""
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     for name in preload:
         module, _, function = name.partition(":")
@@ -85,7 +87,9 @@ def zygote(fd: int, memory_bytes: int, parent: int, preload: list[str]) -> None:
     control.send(b"ready")
     dying: set[int] = set()
     while True:
-        readable, _, _ = select.select([control], [], [], 0.5 if dying else None)
+        readable, _, _ = select.select([control], [], [], 0.5 if dying else 1.0)
+        if os.getppid() != parent:
+            return
         for pid in list(dying):
             if os.waitpid(pid, os.WNOHANG)[0]:
                 dying.discard(pid)
@@ -182,6 +186,8 @@ class _Zygote:
             with self.lock:
                 socket.send_fds(self.control, [FORK], [theirs.fileno()])
                 reply = self.control.recv(4)
+        except OSError:
+            reply = b""  # the zygote died since it was last seen alive
         finally:
             theirs.close()
         if len(reply) != 4:

@@ -11,16 +11,12 @@ embeddings and linear layers on `meta`).
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 import random
-import socket
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from tests.tiny import save_random_tiny
 from zeroth import validation
@@ -34,24 +30,6 @@ D = torch.float64
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return save_random_tiny(tmp_path_factory.mktemp("tiny-random"))
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    """A one-rank gloo group, as `torchrun` would give a one-replica trainer."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1",
-                           "LOCAL_RANK": "0"}.items():
-            mp.setenv(key, value)
-        # One rank needs no shared-memory all-reduce, which DeepSpeed would JIT-compile (~30 s, or
-        # minutes on a busy machine). `import deepspeed.comm.torch` would bind `torch` itself.
-        mp.setattr(importlib.import_module("deepspeed.comm.torch"), "build_shm_op", lambda: None)
-        dist.init_process_group("gloo", rank=0, world_size=1)
-        yield
-        dist.destroy_process_group()
 
 
 def make_spec(model_dir, algorithm=None, trainer=None, dtype="float32"):

@@ -529,3 +529,19 @@ def test_math_works_off_the_main_thread(math_pool):
     for t in threads:
         t.join()
     assert [(r.score, r.error) for r in results] == [(1.0, None)] * 3
+
+
+def test_a_pool_started_by_a_thread_that_ended_keeps_its_zygote():
+    """The rollout worker warms the math pool up on a thread of its own. A death signal tied to that
+    thread (PR_SET_PDEATHSIG follows the thread that started a process) killed the zygote when it
+    ended: the next call found it dead (a BrokenPipeError scored as an error, or a new zygote)."""
+    pool = workers.WorkerPool(size=1)
+    try:
+        warm_up = threading.Thread(target=pool.warm_up)
+        warm_up.start()
+        warm_up.join()
+        time.sleep(0.5)
+        assert pool.run(abs, (-5,), 5) == 5
+        assert pool.zygotes == 1
+    finally:
+        pool.close()
