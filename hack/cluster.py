@@ -191,6 +191,14 @@ def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> None
     write_json(_commandfile(name), {"argv": argv, "env": extra})
 
 
+def _environ(pid: int) -> dict[str, str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    return dict(item.split("=", 1) for item in raw.decode(errors="surrogateescape").split("\0") if "=" in item)
+
+
 def _healthy(name: str):
     """How to tell that component `name` serves again after a restart (None: its own start is enough)."""
     if name == "etcd":
@@ -203,16 +211,21 @@ def _healthy(name: str):
 
 def restart(name: str, seconds: str = "0") -> None:
     """Stops component `name` (SIGTERM, as a node drain or an upgrade would), leaves it down for
-    `seconds`, then starts it with the command line it last ran and waits until it serves."""
+    `seconds`, then starts it with the command line and the environment it last ran with (so it
+    belongs to whoever started the cluster) and waits until it serves."""
     try:
         saved = json.loads(_commandfile(name).read_text())
     except OSError:
         raise SystemExit(f"[cluster] restart: {name} was never started here (known: "
                          f"{', '.join(sorted(p.name.removesuffix('.command.json') for p in (STATE / 'pids').glob('*.command.json')))})") from None
+    pid = _running(name)
+    env = _environ(pid) if pid else None  # as it ran: the very environment, not this shell's
+    if env is None:
+        env = None if saved["env"] is None else {**os.environ, **saved["env"]}
     t0 = time.monotonic()
     stop([name])
     time.sleep(float(seconds))
-    start(name, saved["argv"], None if saved["env"] is None else {**os.environ, **saved["env"]})
+    start(name, saved["argv"], env)
     check = _healthy(name)
     if check:
         wait_for(f"{name} to serve again", check, component=name)

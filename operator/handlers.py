@@ -134,6 +134,9 @@ def reconcile(namespace: str, name: str) -> None:
                         raise
         _failures.pop(key, None)
     except Exception:
+        if _gone(namespace, name):  # deleted meanwhile, or its namespace: what failed no longer matters
+            _failures.pop(key, None)
+            return
         _metrics["reconcile_errors"].labels(handler="reconcile").inc()
         _failures[key] = failures = _failures.get(key, 0) + 1
         retry = threading.Timer(min(RETRY_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS), _quietly, key)
@@ -142,6 +145,18 @@ def reconcile(namespace: str, name: str) -> None:
         raise
     finally:
         _metrics["reconcile_seconds"].labels(handler="reconcile").observe(time.perf_counter() - t0)
+
+
+def _gone(namespace: str, name: str) -> bool:
+    """Whether run `name` no longer exists or is being deleted (a failed pass then is no failure:
+    its children went, or are going, with it). False when that cannot be told."""
+    try:
+        body = _clients["custom"].get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.PLURAL, name)
+    except ApiException as e:
+        return e.status == 404
+    except Exception:  # noqa: BLE001 - unreachable API server: a failure like any other
+        return False
+    return bool(body["metadata"].get("deletionTimestamp"))
 
 
 def _quietly(namespace: str, name: str) -> None:
