@@ -22,6 +22,7 @@ and `spec.suspend`.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -92,6 +93,9 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _clients["custom"] = client.CustomObjectsApi(api_client)
     _clients["rbac"] = client.RbacAuthorizationV1Api(api_client)
     _clients["networking"] = client.NetworkingV1Api(api_client)
+    # kopf's context variables (its settings, its event queue), for the passes of threads kopf did
+    # not start (retries, the resync): kopf.event needs them
+    _clients["context"] = contextvars.copy_context()
     resync = float(os.environ.get("ZEROTH_RESYNC_SECONDS", "60"))
     threading.Thread(target=_resync_forever, args=(resync,), name="zeroth-resync", daemon=True).start()
 
@@ -160,8 +164,9 @@ def _gone(namespace: str, name: str) -> bool:
 
 
 def _quietly(namespace: str, name: str) -> None:
+    """A pass from a thread of ours (a retry, the resync), in kopf's context."""
     try:
-        reconcile(namespace, name)
+        _clients["context"].copy().run(reconcile, namespace, name)
     except Exception:  # noqa: BLE001 - logged, and retried again by reconcile
         log.exception("reconciling %s/%s failed", namespace, name)
 

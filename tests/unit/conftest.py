@@ -24,4 +24,7 @@ def process_group():
         mp.setattr(importlib.import_module("deepspeed.comm.torch"), "build_shm_op", lambda: None)
         dist.init_process_group("gloo", rank=0, world_size=1)
         yield
-        dist.destroy_process_group()
+        # through DeepSpeed once it has used the group: it also drops the groups it cached (its clone
+        # of the world group), which the next module's group would otherwise meet, stale
+        comm = importlib.import_module("deepspeed.comm")
+        (comm.destroy_process_group if comm.is_initialized() else dist.destroy_process_group)()
