@@ -22,7 +22,6 @@ and `spec.suspend`.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import os
@@ -93,9 +92,6 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     _clients["custom"] = client.CustomObjectsApi(api_client)
     _clients["rbac"] = client.RbacAuthorizationV1Api(api_client)
     _clients["networking"] = client.NetworkingV1Api(api_client)
-    # kopf's context variables (its settings, its event queue), for the passes of threads kopf did
-    # not start (retries, the resync): kopf.event needs them
-    _clients["context"] = contextvars.copy_context()
     resync = float(os.environ.get("ZEROTH_RESYNC_SECONDS", "60"))
     threading.Thread(target=_resync_forever, args=(resync,), name="zeroth-resync", daemon=True).start()
 
@@ -164,9 +160,8 @@ def _gone(namespace: str, name: str) -> bool:
 
 
 def _quietly(namespace: str, name: str) -> None:
-    """A pass from a thread of ours (a retry, the resync), in kopf's context."""
     try:
-        _clients["context"].copy().run(reconcile, namespace, name)
+        reconcile(namespace, name)
     except Exception:  # noqa: BLE001 - logged, and retried again by reconcile
         log.exception("reconciling %s/%s failed", namespace, name)
 
@@ -247,9 +242,28 @@ def _reconcile(namespace: str, name: str) -> None:
             obj = builders.ray_head_pod(run, uid, resumes)
         _create(obj)
     for ev in p.events:
-        kopf.event(body, type=ev.type, reason=ev.reason, message=ev.message)
+        _post_event(body, ev, now)
     _phases[(namespace, name)] = p.status["phase"]
     _publish_phases()
+
+
+def _post_event(body: dict[str, Any], ev: planning.Event, now: datetime) -> None:
+    """A core/v1 Event on the run, posted with our own client: from any thread (kopf.event works
+    only inside kopf's handler context, not in our retries and resync), and best-effort, as kopf's."""
+    meta = body["metadata"]
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": body["apiVersion"], "kind": body["kind"], "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta["uid"]},
+        "type": ev.type, "reason": ev.reason, "message": ev.message[:1024],
+        "source": {"component": "zeroth-operator"}, "reportingComponent": "zeroth-operator",
+        "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+    }
+    try:
+        _clients["core"].create_namespaced_event(meta["namespace"], event)
+    except ApiException as e:  # a lost Event is no reason to fail the pass (kopf drops them too)
+        log.warning("posting the %s Event of %s/%s failed: %s", ev.reason, meta["namespace"], meta["name"], e.reason)
 
 
 def _end_kueue_groups(namespace: str, name: str) -> None:
