@@ -266,15 +266,17 @@ def end_kueue_group() -> dict[str, Any]:
 
 
 def _pod_metadata(run: api.ReasoningRun, uid: str, name: str, role_: str, extra: dict[str, str],
-                  resumes: int) -> dict[str, Any]:
+                  resumes: int, placement: api.Placement) -> dict[str, Any]:
+    """The role's own labels and annotations first: the operator's and Kueue's (whose prefixes the
+    API refuses in a spec) are written over them."""
     spec = run.spec
-    extra_labels = {LABEL_ROLE: role_, **extra}
-    annotations = None
+    extra_labels = {**placement.labels, **labels(run.metadata.name), LABEL_ROLE: role_, **extra}
+    annotations = dict(placement.annotations)
     if spec.queue_name:
         extra_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
         extra_labels[KUEUE_GROUP_LABEL] = kueue_group(run.metadata.name, resumes)
-        annotations = {KUEUE_TOTAL_ANNOTATION: str(pod_count(run))}
-    return _metadata(run, uid, name, extra_labels, annotations)
+        annotations[KUEUE_TOTAL_ANNOTATION] = str(pod_count(run))
+    return _metadata(run, uid, name, extra_labels, annotations or None)
 
 
 def _quantities(values: dict[str, Any]) -> dict[str, str]:
@@ -343,10 +345,20 @@ def _token_env(name: str) -> list[dict[str, Any]]:
     ]
 
 
+def _with_user_env(container: dict[str, Any], placement: api.Placement) -> dict[str, Any]:
+    """`container` with the role's `env` after the operator's (whose names the API refuses) and its `envFrom`."""
+    out = {**container, "env": container["env"] + [e.model_dump(by_alias=True, mode="json", exclude_none=True)
+                                                   for e in placement.env]}
+    if placement.env_from:
+        out["envFrom"] = [e.model_dump(by_alias=True, mode="json", exclude_none=True) for e in placement.env_from]
+    return out
+
+
 def _pod(run: api.ReasoningRun, uid: str, metadata: dict[str, Any], container: dict[str, Any],
-         volumes: list[dict[str, Any]], *, restart_policy: str, automount_token: bool = False,
+         volumes: list[dict[str, Any]], *, restart_policy: str, placement: api.Placement, automount_token: bool = False,
          extra: dict[str, Any] | None = None, init: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What every pod shares: the run's identity, the restricted profile, Kueue's priority."""
+    """What every pod shares: the run's identity, the restricted profile, Kueue's priority, the
+    run's image pull secrets and the role's grace period."""
     scratch_volumes, scratch_mounts = _scratch()
 
     def hardened(c: dict[str, Any]) -> dict[str, Any]:
@@ -367,6 +379,10 @@ def _pod(run: api.ReasoningRun, uid: str, metadata: dict[str, Any], container: d
         spec["initContainers"] = [hardened(init)]
     if run.spec.priority_class_name:
         spec["priorityClassName"] = run.spec.priority_class_name
+    if run.spec.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": s} for s in run.spec.image_pull_secrets]
+    if placement.termination_grace_period_seconds is not None:
+        spec["terminationGracePeriodSeconds"] = placement.termination_grace_period_seconds
     return _object("v1", "Pod", metadata, spec=spec)
 
 
@@ -441,11 +457,11 @@ def trainer_pod(run: api.ReasoningRun, uid: str, rank: int, attempt: int, resume
         raise ValueError(f"rank {rank} outside 0..{trainer.replicas - 1}")
     pod_name = trainer_pod_name(name, rank, attempt)
     metadata = _pod_metadata(run, uid, pod_name, ROLE_TRAINER, {LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)},
-                             resumes)
+                             resumes, trainer)
     data_volumes, data_mounts = _data_volumes(run)
     volumes = [{"name": "config", "configMap": {"name": config_map_name(name)}}] + data_volumes
     mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}] + data_mounts
-    container = {
+    container = _with_user_env({
         "name": "trainer",
         "image": run.spec.trainer_image(),
         "imagePullPolicy": trainer.image_pull_policy,
@@ -455,15 +471,18 @@ def trainer_pod(run: api.ReasoningRun, uid: str, rank: int, attempt: int, resume
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "resources": _resources(trainer, trainer.gpus_per_replica),
         "volumeMounts": mounts,
-    }
+    }, trainer)
     extra = {"hostname": trainer_hostname(name, rank), "subdomain": trainer_service_name(name), **_placement(trainer, trainer.gpus_per_replica)}
-    return _pod(run, uid, metadata, container, volumes, restart_policy="Never", automount_token=rank == 0, extra=extra)
+    return _pod(run, uid, metadata, container, volumes, restart_policy="Never", placement=trainer,
+                automount_token=rank == 0, extra=extra)
 
 
 def ray_head_pod(run: api.ReasoningRun, uid: str, resumes: int = 0) -> dict[str, Any]:
-    """Schedules nothing itself (no CPUs, no GPUs), so it fits anywhere the rollout pods' taints allow."""
+    """Schedules nothing itself (no CPUs, no GPUs), so it fits anywhere the rollout pods' taints allow.
+    It takes the rollout's labels, annotations and grace period, not its environment: it runs no
+    model and no verifier, and needs none of their secrets."""
     name, rollout = run.metadata.name, run.spec.rollout
-    metadata = _pod_metadata(run, uid, ray_head_name(name), ROLE_RAY_HEAD, {}, resumes)
+    metadata = _pod_metadata(run, uid, ray_head_name(name), ROLE_RAY_HEAD, {}, resumes, rollout)
     container = {
         "name": "ray-head",
         "image": run.spec.rollout_image(),
@@ -475,7 +494,7 @@ def ray_head_pod(run: api.ReasoningRun, uid: str, resumes: int = 0) -> dict[str,
         "resources": copy.deepcopy(RAY_HEAD_RESOURCES),
     }
     extra = {"tolerations": _tolerations(rollout, 0)} if rollout.tolerations else {}
-    return _pod(run, uid, metadata, container, [], restart_policy="Always", extra=extra)
+    return _pod(run, uid, metadata, container, [], restart_policy="Always", placement=rollout, extra=extra)
 
 
 _SUFFIXES = {
@@ -530,19 +549,21 @@ def rollout_command(run: api.ReasoningRun) -> list[str]:
 
 def rollout_pod(run: api.ReasoningRun, uid: str, index: int, resumes: int = 0) -> dict[str, Any]:
     name, rollout = run.metadata.name, run.spec.rollout
-    metadata = _pod_metadata(run, uid, rollout_pod_name(name, index), ROLE_ROLLOUT, {LABEL_INDEX: str(index)}, resumes)
-    container = {
+    metadata = _pod_metadata(run, uid, rollout_pod_name(name, index), ROLE_ROLLOUT, {LABEL_INDEX: str(index)}, resumes,
+                             rollout)
+    container = _with_user_env({
         "name": "rollout",
         "image": run.spec.rollout_image(),
         "imagePullPolicy": rollout.image_pull_policy,
         "command": rollout_command(run),
         "env": _token_env(name),
         "resources": _resources(rollout, rollout.gpus_per_replica),
-    }
+    }, rollout)
     extra = _placement(rollout, rollout.gpus_per_replica)
     if rollout.runtime_class_name:
         extra["runtimeClassName"] = rollout.runtime_class_name
-    return _pod(run, uid, metadata, container, [], restart_policy="Always", extra=extra, init=wait_for_head_container(run))
+    return _pod(run, uid, metadata, container, [], restart_policy="Always", placement=rollout, extra=extra,
+                init=wait_for_head_container(run))
 
 
 # ----------------------------------------------------------------------------------------- groups

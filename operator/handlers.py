@@ -228,7 +228,7 @@ def _reconcile(namespace: str, name: str) -> None:
             _patch_pod(namespace, pod, builders.end_kueue_group())
     for pod in p.delete:
         try:
-            core.delete_namespaced_pod(pod, namespace, grace_period_seconds=30)
+            core.delete_namespaced_pod(pod, namespace)  # the pod's own grace period (spec: terminationGracePeriodSeconds)
         except ApiException as e:
             if e.status != 404:
                 raise

@@ -43,6 +43,23 @@ def spec(**patch: Any) -> dict:
 V = {"name": "countdown"}
 
 CASES = [
+    # what users pass in to pods
+    Case("env sets an operator variable", spec(trainer={"env": [{"name": "MASTER_ADDR", "value": "x"}]}),
+         "spec.trainer.env[0].name"),
+    Case("env sets a ZEROTH_ variable", spec(rollout={"engine": "hf", "gpusPerReplica": 0,
+                                                      "env": [{"name": "ZEROTH_RUN", "value": "x"}]}),
+         "spec.rollout.env[0].name"),
+    Case("env has value and valueFrom", spec(trainer={"env": [{"name": "A", "value": "1", "valueFrom": {"fieldRef": {}}}]}),
+         "spec.trainer.env[0].valueFrom"),
+    Case("envFrom names nothing", spec(trainer={"envFrom": [{"prefix": "A_"}]}), "spec.trainer.envFrom[0].secretRef"),
+    Case("a label in the operator's prefix", spec(trainer={"labels": {"zeroth.dev/role": "x"}}), "spec.trainer.labels"),
+    Case("an annotation in Kueue's prefix", spec(trainer={"annotations": {"kueue.x-k8s.io/queue-name": "q"}}),
+         "spec.trainer.annotations"),
+    Case("a label value with a space", spec(trainer={"labels": {"team": "r l"}}), "spec.trainer.labels"),
+    Case("a negative grace period", spec(trainer={"terminationGracePeriodSeconds": -1}),
+         "spec.trainer.terminationGracePeriodSeconds"),
+    Case("an image pull secret that is no name", spec(imagePullSecrets=["Not A Name"]), "spec.imagePullSecrets[0]"),
+
     # missing required fields
     Case("missing model", spec(model=DELETE), "spec.model"),
     Case("missing model name", spec(model={"name": DELETE}), "spec.model.name"),

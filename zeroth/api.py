@@ -339,8 +339,77 @@ class Resources(Spec):
     """Maximum resources."""
 
 
+# Environment variables the operator sets in every pod (docs/operator.md): a run's `env` may not set
+# these, nor any ZEROTH_* name, so a user's value never silently replaces the contract.
+RESERVED_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "NNODES",
+                "NPROC_PER_NODE", "RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "HOME")
+# Label and annotation prefixes the operator and Kueue own on a run's pods.
+RESERVED_PREFIXES = ("zeroth.dev/", "app.kubernetes.io/", "kueue.x-k8s.io/")
+_ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+_QUALIFIED_NAME = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+_LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+
+
+def _owned_keys_rule(field: str, what: str, values: str | None = None) -> tuple[Rule, ...]:
+    prefixes = " && ".join(f"!k.startsWith('{p}')" for p in RESERVED_PREFIXES)
+    rules = [
+        Rule(f"self.{field}.all(k, size(k) <= 316 && k.matches('{_QUALIFIED_NAME}'))",
+             f"{what} keys must be qualified names (`team`, `example.com/team`)", f".{field}"),
+        Rule(f"self.{field}.all(k, {prefixes})",
+             f"{what} may not use the prefixes {', '.join(RESERVED_PREFIXES)}: the operator and Kueue own them", f".{field}"),
+    ]
+    if values:
+        rules.append(Rule(f"self.{field}.all(k, size(self.{field}[k]) <= 63 && self.{field}[k].matches('{values}'))",
+                          f"{what} values must be at most 63 characters of letters, digits, '-', '_' and '.'", f".{field}"))
+    return tuple(rules)
+
+
+class EnvVar(Spec):
+    """An environment variable of a role's containers, as in a pod's `env`."""
+
+    cel_rules = (
+        Rule("!(has(self.value) && has(self.valueFrom))", "value and valueFrom are exclusive", ".valueFrom"),
+        Rule("!self.name.startsWith('ZEROTH_') && !(self.name in " + repr(list(RESERVED_ENV)).replace('"', "'") + ")",
+             "the operator sets this variable (docs/operator.md): choose another name", ".name"),
+    )
+
+    name: str = Field(min_length=1, max_length=256, pattern=_ENV_NAME)
+    """Variable name."""
+    value: str | None = Field(default=None, max_length=32768)
+    """Its value."""
+    value_from: PreservedObject | None = None
+    """Where its value comes from, as in Kubernetes: `secretKeyRef` (an HF token), `configMapKeyRef`,
+    `fieldRef`, `resourceFieldRef`."""
+
+
+class LocalObjectRef(Spec):
+    """A Secret or ConfigMap in the run's namespace."""
+
+    name: DnsName
+    """Its name."""
+    optional: bool = False
+    """true: a missing object is no error."""
+
+
+class EnvFromSource(Spec):
+    """Every key of a Secret or ConfigMap as environment variables, as in a pod's `envFrom`."""
+
+    cel_rules = (Rule("has(self.secretRef) != has(self.configMapRef)", "set exactly one of secretRef and configMapRef",
+                      ".secretRef"),)
+
+    prefix: str | None = Field(default=None, max_length=256, pattern=_ENV_NAME)
+    """Put before every key's name."""
+    secret_ref: LocalObjectRef | None = None
+    """The Secret."""
+    config_map_ref: LocalObjectRef | None = None
+    """The ConfigMap."""
+
+
 class Placement(Spec):
-    """Pod settings shared by the trainer and the rollout fleet."""
+    """Pod settings shared by the trainer and the rollout fleet (each subclass lists these rules: a
+    class's rules are its own, not inherited)."""
+
+    cel_rules = (*_owned_keys_rule("labels", "labels", _LABEL_VALUE), *_owned_keys_rule("annotations", "annotations"))
 
     image: Image | None = None
     """Container image with Zeroth installed. Default: this Zeroth version's image, `ghcr.io/zeroth-dev/zeroth:VERSION`
@@ -357,10 +426,25 @@ class Placement(Spec):
     """Taints the pods tolerate (GPU nodes are often tainted)."""
     affinity: PreservedObject | None = None
     """A Kubernetes affinity object, passed to the pods as it is."""
+    env: list[EnvVar] = Field(default_factory=list, max_length=128)
+    """Environment variables of the role's containers (NCCL settings, an HF token from a Secret),
+    after the operator's own (which they may not set)."""
+    env_from: list[EnvFromSource] = Field(default_factory=list, max_length=16)
+    """Secrets and ConfigMaps whose every key becomes an environment variable."""
+    labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(default_factory=dict, max_length=64)
+    """Labels of the role's pods, beside the operator's (cost centre, team)."""
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(default_factory=dict, max_length=64)
+    """Annotations of the role's pods (a service mesh's, a log shipper's)."""
+    termination_grace_period_seconds: int | None = Field(default=None, ge=0, le=86400)
+    """Seconds a pod has between SIGTERM and SIGKILL when it is deleted (a suspend, a gang restart, a
+    drain); the trainer checkpoints the step in flight in that time, which at billions of parameters
+    needs more than Kubernetes' default of 30."""
 
 
 class TrainerSpec(Placement):
     """The DeepSpeed trainer gang: one pod per replica, rank = index."""
+
+    cel_rules = Placement.cel_rules
 
     replicas: int = Field(default=1, ge=1, le=1024)
     """Trainer pods. They form one gang: one failing restarts all from the last checkpoint."""
@@ -376,6 +460,7 @@ class RolloutSpec(Placement):
     """The rollout fleet: Ray workers that generate and verify samples."""
 
     cel_rules = (
+        *Placement.cel_rules,
         Rule(
             "self.gpusPerReplica == 0 || self.gpusPerReplica % self.tensorParallelSize == 0",
             "gpusPerReplica must be divisible by tensorParallelSize",
@@ -500,6 +585,8 @@ class ReasoningRunSpec(Spec):
     """Kueue LocalQueue that admits the run's pods as one workload."""
     priority_class_name: DnsName | None = None
     """PriorityClass of the run's pods."""
+    image_pull_secrets: list[DnsName] = Field(default_factory=list, max_length=16)
+    """Secrets (kubernetes.io/dockerconfigjson) every pod of the run pulls its image with."""
 
     def default_image(self) -> str:
         """This version's image, for the pods whose `image` is unset: the CUDA flavour when any pod of

@@ -69,6 +69,17 @@ VARIANTS = {
                  "runtimeClassName": "gvisor", "resources": {"requests": {"cpu": "2500m"}},
                  "image": "registry.example/zeroth:vllm"},
     ),
+    "pod-options": _manifest(
+        "options", imagePullSecrets=["regcred", "mirror"],
+        trainer={"env": [{"name": "NCCL_DEBUG", "value": "INFO"},
+                         {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}],
+                 "envFrom": [{"configMapRef": {"name": "nccl"}, "prefix": "X_"}],
+                 "labels": {"team": "rl", "example.com/cost-centre": "42"}, "annotations": {"example.com/note": "a b c"},
+                 "terminationGracePeriodSeconds": 900},
+        rollout={"env": [{"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}],
+                 "envFrom": [{"secretRef": {"name": "s3", "optional": True}}], "labels": {"team": "rl-rollout"},
+                 "annotations": {"sidecar.istio.io/inject": "false"}, "terminationGracePeriodSeconds": 60},
+    ),
 }
 CASES = {**{p.stem: validation.load(p) for p in EXAMPLES}, **{k: validation.validate(v) for k, v in VARIANTS.items()}}
 
@@ -562,3 +573,57 @@ def test_builders_are_deterministic_and_leave_the_run_alone(case):
     assert run.model_dump() == before
     assert _children(run, attempt=1) == json.loads(json.dumps(_children(run, attempt=1)))
     assert "mutated" not in json.dumps(_children(run, attempt=1))
+
+
+# ------------------------------------------------------------------ what users pass in to pods
+
+
+def test_a_roles_env_labels_annotations_and_grace_reach_its_pods_and_only_its_pods():
+    pods = _by_name(_pods(CASES["pod-options"]))
+    trainer, rollout, head = (pods[("Pod", n)] for n in ("options-trainer-0", "options-rollout-0", "options-ray-head"))
+
+    t = trainer["spec"]["containers"][0]
+    env = _env(t)
+    assert env["NCCL_DEBUG"] == "INFO" and env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf-token", "key": "token"}}
+    assert [e["name"] for e in t["env"]][-2:] == ["NCCL_DEBUG", "HF_TOKEN"]  # after the operator's own
+    assert env["RANK"] == "0" and env["MASTER_ADDR"].startswith("options-trainer-0.")  # the operator's still there
+    assert t["envFrom"] == [{"configMapRef": {"name": "nccl", "optional": False}, "prefix": "X_"}]
+    assert trainer["metadata"]["labels"]["team"] == "rl" and trainer["metadata"]["labels"]["example.com/cost-centre"] == "42"
+    assert trainer["metadata"]["labels"]["zeroth.dev/role"] == "trainer"
+    assert trainer["metadata"]["annotations"] == {"example.com/note": "a b c"}
+    assert trainer["spec"]["terminationGracePeriodSeconds"] == 900
+
+    r = rollout["spec"]["containers"][0]
+    assert _env(r)["HF_TOKEN"] == {"secretKeyRef": {"name": "hf-token", "key": "token"}} and "NCCL_DEBUG" not in _env(r)
+    assert r["envFrom"] == [{"secretRef": {"name": "s3", "optional": True}}]
+    assert "envFrom" not in rollout["spec"]["initContainers"][0] and "HF_TOKEN" not in _env(rollout["spec"]["initContainers"][0])
+    assert rollout["metadata"]["labels"]["team"] == "rl-rollout"
+    assert rollout["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    assert rollout["spec"]["terminationGracePeriodSeconds"] == 60
+
+    # the head runs no model and no verifier: the rollout's labels and grace, none of its secrets
+    h = head["spec"]["containers"][0]
+    assert "HF_TOKEN" not in _env(h) and "envFrom" not in h
+    assert head["metadata"]["labels"]["team"] == "rl-rollout" and head["spec"]["terminationGracePeriodSeconds"] == 60
+
+    for pod in (trainer, rollout, head):
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+
+
+def test_pods_without_those_options_carry_none_of_them():
+    for pod in _pods(CASES["cpu"]):
+        assert not {"imagePullSecrets", "terminationGracePeriodSeconds"} & set(pod["spec"]), pod["metadata"]["name"]
+        assert "annotations" not in pod["metadata"] and "envFrom" not in pod["spec"]["containers"][0]
+
+
+def test_the_env_names_the_api_reserves_are_the_ones_the_operator_sets():
+    """api.RESERVED_ENV (what a spec's env may not set) and the builders agree: every variable the
+    operator sets in any pod is reserved, so no user value can silently replace one."""
+    set_by_operator = set()
+    for case in CASES.values():
+        for pod in _pods(case):
+            for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", []):
+                set_by_operator |= {e["name"] for e in c["env"]}
+    user = {e.name for case in CASES.values() for p in (case.spec.trainer, case.spec.rollout) for e in p.env}
+    operator_only = set_by_operator - user
+    assert operator_only and all(n in api.RESERVED_ENV or n.startswith("ZEROTH_") for n in operator_only), operator_only
