@@ -422,9 +422,13 @@ def trainer_command(run: api.ReasoningRun, rank: int) -> list[str]:
     g = max(spec.trainer.gpus_per_replica, 1)
     if g == 1:
         return ["python", *module]
+    # torchrun passes the kubelet's SIGTERM on to its processes, then kills them after its own
+    # grace (30 s by default): the pod's grace period is what they really have
+    grace = spec.trainer.termination_grace_period_seconds
     return [
         "torchrun", "--nnodes", str(spec.trainer.replicas), "--nproc-per-node", str(g), "--node-rank", str(rank),
         "--master-addr", master_addr(name, run.metadata.namespace), "--master-port", str(RENDEZVOUS_PORT),
+        *([f"--shutdown-timeout={grace}"] if grace is not None else []),
         *module,
     ]
 

@@ -627,3 +627,14 @@ def test_the_env_names_the_api_reserves_are_the_ones_the_operator_sets():
     user = {e.name for case in CASES.values() for p in (case.spec.trainer, case.spec.rollout) for e in p.env}
     operator_only = set_by_operator - user
     assert operator_only and all(n in api.RESERVED_ENV or n.startswith("ZEROTH_") for n in operator_only), operator_only
+
+
+def test_torchrun_in_a_pod_gives_its_processes_the_pods_grace_period():
+    """A pod with several GPUs runs torchrun, which kills its processes 30 s after passing SIGTERM on
+    unless told otherwise: with a grace period set, they get all of it to checkpoint."""
+    graceful = validation.validate(_manifest("graceful", trainer={"gpusPerReplica": 4, "terminationGracePeriodSeconds": 900}))
+    command = builders.trainer_command(graceful, 0)
+    assert command[0] == "torchrun" and "--shutdown-timeout=900" in command
+    assert command.index("--shutdown-timeout=900") < command.index("-m")  # torchrun's option, not the trainer's
+    plain = builders.trainer_command(CASES["multi-gpu"], 0)
+    assert plain[0] == "torchrun" and not any(a.startswith("--shutdown-timeout") for a in plain)
