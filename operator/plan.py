@@ -42,6 +42,7 @@ class PodState:
     ready: bool
     terminating: bool
     reason: str  # why it ended, when it did
+    held: tuple[str, str] | None  # what keeps it from running: (reason, message), e.g. ("ErrImagePull", ...)
 
     @classmethod
     def of(cls, pod: dict[str, Any]) -> PodState:
@@ -53,7 +54,30 @@ class PodState:
         return cls(name=meta["name"], role=role, number=int(number), attempt=int(labels.get(LABEL_ATTEMPT, "0")),
                    phase=status.get("phase", "Pending"), scheduled=bool(spec.get("nodeName")),
                    gated=tuple(g["name"] for g in spec.get("schedulingGates") or []), ready=ready,
-                   terminating=bool(meta.get("deletionTimestamp")), reason=_ended_reason(status))
+                   terminating=bool(meta.get("deletionTimestamp")), reason=_ended_reason(status), held=_held(status))
+
+
+# What the kubelet or the scheduler reports when a pod cannot start: these wait for a person, not
+# for time (an image that does not exist, a Secret that is missing, a request no node can meet).
+HELD_WAITING = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                "CreateContainerConfigError", "CreateContainerError", "RunContainerError", "CrashLoopBackOff")
+
+
+def _held(status: dict[str, Any]) -> tuple[str, str] | None:
+    """Why a pod is held back, as the scheduler or kubelet says it: unschedulable, a container that
+    cannot be created or keeps crashing (with OOMKilled when that is how it last ended); else None."""
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+            return "Unschedulable", c.get("message") or "no node fits the pod"
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in HELD_WAITING:
+            last = ((cs.get("lastState") or {}).get("terminated") or {}).get("reason")
+            reason = "OOMKilled" if last == "OOMKilled" else waiting["reason"]
+            message = waiting.get("message") or (f"container {cs.get('name')} was killed for using more memory than "
+                                                  "its limit" if reason == "OOMKilled" else "")
+            return reason, f"container {cs.get('name')}: {message}" if message else f"container {cs.get('name')}"
+    return None
 
 
 def _ended_reason(status: dict[str, Any]) -> str:
@@ -97,6 +121,7 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
     n_trainers, n_rollouts = spec.trainer.replicas, spec.rollout.replicas
     p = Plan()
     phase, message = old_phase, status.get("message") or ""
+    stalled: tuple[str, str] | None = None  # (reason, message) of a pod that holds the run back
     taken = {s.name for s in states}
 
     def delete(where) -> None:
@@ -143,6 +168,12 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
                     p.create.append((ROLE_RAY_HEAD, 0))
                 p.create += [(ROLE_ROLLOUT, i) for i in range(n_rollouts) if rollout_pod_name(name, i) not in taken]
                 phase, message = _active_phase(current, n_trainers, live, restarts)
+                held = next(((s, s.held) for s in live if s.held and (s.role != ROLE_TRAINER or s.attempt == restarts)),
+                            None)
+                if held:
+                    pod_state, (why, detail) = held
+                    stalled = (why, f"pod {pod_state.name}: {why}: {detail}")
+                    message = f"{message}; {stalled[1]}"
 
     finished = phase in TERMINAL
     p.ends_group = finished or phase == "Suspended"
@@ -156,13 +187,16 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
         "resumes": resumes,
         "trainer": {"desired": n_trainers, "ready": trainer_ready},
         "rollout": {"desired": n_rollouts, "ready": rollout_ready, "selector": rollout_selector(name)},
-        "conditions": conditions(status.get("conditions") or [], phase, message, generation, now),
+        "conditions": conditions(status.get("conditions") or [], phase, message, generation, now, stalled),
         "startTime": status.get("startTime") or _stamp(now),
         "completionTime": status.get("completionTime") or (_stamp(now) if finished else None),
     }
     if phase != old_phase:
         kind = "Warning" if phase == "Failed" else "Normal"
         p.events.append(Event(kind, phase, message or phase))
+    was = next((c for c in status.get("conditions") or [] if c.get("type") == "Stalled"), {})
+    if stalled and (was.get("status") != "True" or was.get("reason") != stalled[0]):
+        p.events.append(Event("Warning", stalled[0], stalled[1]))  # once per new reason, not per pass
     return p
 
 
@@ -189,15 +223,17 @@ CONDITIONS = {
 
 
 def conditions(old: list[dict[str, Any]], phase: str, message: str, generation: int | None,
-               now: datetime) -> list[dict[str, Any]]:
-    """The standard conditions for `phase`; a condition keeps its lastTransitionTime until its status flips."""
+               now: datetime, stalled: tuple[str, str] | None = None) -> list[dict[str, Any]]:
+    """The standard conditions for `phase`, and `Stalled` (True, with the pod's reason, while a pod
+    holds the run back); a condition keeps its lastTransitionTime until its status flips."""
     before = {c.get("type"): c for c in old}
     out = []
-    for kind, holds in CONDITIONS.items():
-        value = "True" if holds(phase) else "False"
+    values = [(kind, "True" if holds(phase) else "False", phase, message) for kind, holds in CONDITIONS.items()]
+    values.append(("Stalled", "True", *stalled) if stalled else ("Stalled", "False", "NotStalled", ""))
+    for kind, value, reason, text in values:
         prev = before.get(kind) or {}
         since = prev.get("lastTransitionTime") if prev.get("status") == value else None
-        out.append({"type": kind, "status": value, "reason": phase, "message": message,
+        out.append({"type": kind, "status": value, "reason": reason, "message": text,
                     "lastTransitionTime": since or _stamp(now), "observedGeneration": generation})
     return out
 

@@ -112,7 +112,8 @@ def test_apply_creates_every_child_schedules_gpu_pods_and_reaches_running(crd, o
     assert status["trainer"] == {"desired": 2, "ready": 2}
     assert status["rollout"]["desired"] == 2 and status["rollout"]["ready"] == 2
     conds = {cond["type"]: cond["status"] for cond in status["conditions"]}
-    assert conds == {"Ready": "True", "Progressing": "True", "Suspended": "False", "Succeeded": "False", "Failed": "False"}
+    assert conds == {"Ready": "True", "Progressing": "True", "Suspended": "False", "Succeeded": "False", "Failed": "False",
+                     "Stalled": "False"}
     assert all(cond["observedGeneration"] == run["metadata"]["generation"] for cond in status["conditions"])
     assert status["startTime"]
     reasons = [r for _, r in events_of(c, ns, "alpha")]
@@ -289,3 +290,38 @@ def test_a_queued_run_labels_every_pod_as_one_kueue_pod_group(crd, operator, nam
         assert p["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
         assert p["metadata"]["labels"]["kueue.x-k8s.io/pod-group-name"] == "queued-0"  # <run>-<resumes>
         assert p["metadata"]["annotations"]["kueue.x-k8s.io/pod-group-total-count"] == "5"
+
+
+ON_REAL_NODE = {"nodeSelector": {"zeroth.dev/node": "real"},
+                "tolerations": [{"key": "zeroth.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}]}
+
+
+@pytest.mark.parametrize("case, trainer, reasons", [
+    ("unschedulable", {"gpusPerReplica": 16}, ("Unschedulable",)),  # 8 GPUs is the most any node has
+    ("no-image", {**ON_REAL_NODE, "image": "nowhere.invalid/zeroth:1"}, ("ErrImagePull", "ImagePullBackOff")),
+    ("no-secret", {**ON_REAL_NODE, "image": "zeroth.dev/busybox:test", "imagePullPolicy": "Never",
+                   "envFrom": [{"secretRef": {"name": "not-created"}}]}, ("CreateContainerConfigError",)),
+])
+def test_a_pod_held_back_says_why_in_get_describe_and_an_event(crd, operator, namespace, case, trainer, reasons):
+    """The real scheduler's or the real node's kubelet's reason for a pod that cannot start reaches
+    the run: its message (`kubectl get rr -o wide`), a Stalled condition and a Warning Event."""
+    c, ns = crd, namespace
+    m = run_manifest(case, trainers=1, trainer_gpus=0, rollouts=1, rollout_gpus=0)
+    m["spec"]["trainer"].update(trainer)
+    c.apply(m, "-n", ns)
+
+    def stalled():
+        status = run_of(c, ns, case).get("status") or {}
+        cond = next((x for x in status.get("conditions") or [] if x["type"] == "Stalled"), {})
+        return cond if cond.get("status") == "True" and cond.get("reason") in reasons else None
+    cond = wait_for(f"{case}: Stalled with {reasons}", stalled, timeout=90, operator=operator)
+    assert f"{case}-trainer-0" in cond["message"]
+    wide = c.kubectl("get", "rr", case, "-n", ns, "-o", "wide").stdout
+    assert f"pod {case}-trainer-0: {cond['reason']}" in wide, wide
+    described = c.kubectl("describe", "rr", case, "-n", ns).stdout
+    assert "Stalled" in described and cond["reason"] in described, described
+    assert any(t == "Warning" and r in reasons for t, r in events_of(c, ns, case))
+    if case == "unschedulable":
+        assert "Insufficient nvidia.com/gpu" in cond["message"]  # the scheduler's own words
+    if case == "no-secret":
+        assert "not-created" in cond["message"]  # the kubelet's: which Secret

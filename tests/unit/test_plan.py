@@ -59,7 +59,8 @@ def test_a_new_run_creates_its_gang_head_and_fleet_and_is_pending():
     assert s["rollout"] == {"desired": 2, "ready": 0, "selector": "zeroth.dev/run=demo,zeroth.dev/role=rollout"}
     assert s["startTime"] == "2026-11-24T12:00:00Z" and s["completionTime"] is None
     conds = {c["type"]: c["status"] for c in s["conditions"]}
-    assert conds == {"Ready": "False", "Progressing": "True", "Suspended": "False", "Succeeded": "False", "Failed": "False"}
+    assert conds == {"Ready": "False", "Progressing": "True", "Suspended": "False", "Succeeded": "False", "Failed": "False",
+                     "Stalled": "False"}
 
 
 def test_pods_held_by_kueue_admission_gate_say_so_in_the_pending_message():
@@ -73,6 +74,51 @@ def test_pods_held_by_kueue_admission_gate_say_so_in_the_pending_message():
         del q["spec"]["schedulingGates"]
     p = planning.plan(RUN, spec(), {"phase": "Pending"}, 1, gated, NOW)
     assert p.status["message"] == "waiting for the pods to be scheduled"
+
+
+HELD = {  # what the scheduler or the kubelet writes in a held pod's status, and the reason the run shows
+    "Unschedulable": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                                          "message": "0/6 nodes are available: 6 Insufficient nvidia.com/gpu."}]},
+    "ErrImagePull": {"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": {"waiting": {
+        "reason": "ErrImagePull", "message": "failed to pull image \"nowhere.invalid/zeroth:1\": no such host"}}}]},
+    "CreateContainerConfigError": {"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": {"waiting": {
+        "reason": "CreateContainerConfigError", "message": "secret \"hf-token\" not found"}}}]},
+    "OOMKilled": {"phase": "Running", "containerStatuses": [{"name": "trainer", "restartCount": 3,
+                                                            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                                                            "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]},
+}
+
+
+@pytest.mark.parametrize("why", list(HELD))
+def test_a_pod_held_back_shows_its_reason_in_the_message_a_condition_and_one_event(why):
+    pods = gang(phase="Pending", node="cpu-0")
+    pods[1]["status"] = copy.deepcopy(HELD[why])  # trainer rank 1
+    if why == "Unschedulable":
+        del pods[1]["spec"]["nodeName"]
+    p = planning.plan(RUN, spec(), {"phase": "Initializing"}, 1, pods, NOW)
+    assert p.status["phase"] in ("Pending", "Initializing")
+    assert f"pod {RUN}-trainer-1: {why}: " in p.status["message"], p.status["message"]
+    if why != "OOMKilled":  # the scheduler's or kubelet's own words
+        detail = (HELD[why].get("conditions") or [{}])[0].get("message") or HELD[why]["containerStatuses"][0]["state"]["waiting"]["message"]
+        assert detail in p.status["message"]
+    stalled = next(c for c in p.status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == why and RUN + "-trainer-1" in stalled["message"]
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", why)]
+    # the next pass, with the condition stored, posts no second event; once the pod runs it clears
+    again = planning.plan(RUN, spec(), p.status, 1, pods, NOW)
+    assert again.events == []
+    cleared = planning.plan(RUN, spec(), p.status, 1, gang(), NOW).status
+    assert next(c for c in cleared["conditions"] if c["type"] == "Stalled")["status"] == "False"
+    assert why not in cleared["message"]
+
+
+def test_a_pod_that_is_merely_starting_holds_nothing_back():
+    pods = gang(phase="Pending", node="cpu-0")
+    pods[1]["status"] = {"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": {"waiting": {
+        "reason": "ContainerCreating"}}}]}
+    p = planning.plan(RUN, spec(), {"phase": "Initializing"}, 1, pods, NOW)
+    assert next(c for c in p.status["conditions"] if c["type"] == "Stalled")["status"] == "False"
+    assert p.events == [] or all(e.type == "Normal" for e in p.events)
 
 
 def test_pending_then_initializing_then_running_with_events():
