@@ -47,6 +47,11 @@ CPU_NODES = 2
 GPU_NODES = 4
 GPUS_PER_NODE = 8
 GPU_LABEL = "nvidia.com/gpu.present"
+# GPU nodes labelled as other clusters label theirs (GKE, EKS), and one with no GPU label at all:
+# GPU pods go there only where a run's or the operator's gpuNodeSelector says so
+OTHER_GPU_NODES = {"gpu-gke": {"cloud.google.com/gke-accelerator": "nvidia-l4"},
+                   "gpu-eks": {"k8s.amazonaws.com/accelerator": "nvidia-tesla-a10g"},
+                   "gpu-bare": {}}
 GPU_RESOURCE = "nvidia.com/gpu"
 # The real node: pods that want it select the label and tolerate the taint (NoSchedule).
 REAL_NODE = node.NAME
@@ -270,12 +275,13 @@ def kubectl(bins: Path, *args: str, stdin: str | None = None) -> str:
     return proc.stdout
 
 
-def node_manifest(name: str, gpu: bool) -> dict:
+def node_manifest(name: str, gpu: bool, gpu_labels: dict[str, str] | None = None) -> dict:
+    """A kwok node; a GPU node carries NVIDIA GFD's label unless `gpu_labels` says otherwise."""
     labels = {"type": "kwok", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
     capacity = {"cpu": "32", "memory": "256Gi", "pods": "110"}
     taints = []
     if gpu:
-        labels[GPU_LABEL] = "true"
+        labels.update({GPU_LABEL: "true"} if gpu_labels is None else gpu_labels)
         capacity[GPU_RESOURCE] = str(GPUS_PER_NODE)
         taints = [{"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}]
     return {
@@ -290,7 +296,7 @@ def node_manifest(name: str, gpu: bool) -> dict:
 def nodes() -> list[dict]:
     return [node_manifest(f"cpu-{i}", gpu=False) for i in range(CPU_NODES)] + [
         node_manifest(f"gpu-{i}", gpu=True) for i in range(GPU_NODES)
-    ]
+    ] + [node_manifest(name, gpu=True, gpu_labels=labels) for name, labels in OTHER_GPU_NODES.items()]
 
 
 # ----------------------------------------------------------------------------------- commands
@@ -408,7 +414,7 @@ def up() -> None:
              component="kube-controller-manager")
     the_node.wait_ready(bins)
     (STATE / "ready").write_text(fingerprint(bins, node_bins) + "\n")
-    log(f"up in {time.monotonic() - t0:.1f}s: {CPU_NODES} CPU and {GPU_NODES} GPU kwok nodes, real node {REAL_NODE}; "
+    log(f"up in {time.monotonic() - t0:.1f}s: {CPU_NODES} CPU and {GPU_NODES + len(OTHER_GPU_NODES)} GPU kwok nodes, real node {REAL_NODE}; "
         f"KUBECONFIG={kubeconfig()}")
 
 

@@ -51,7 +51,6 @@ HOME = "/tmp"
 UID = 1000
 ROLLOUT_RESOURCE = api.ROLLOUT_RESOURCE  # one rollout actor per slot: per engine of a rollout pod
 GPU_RESOURCE = "nvidia.com/gpu"
-GPU_NODE_LABEL = "nvidia.com/gpu.present"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 RAY_HEAD_RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}}
 # `ray health-check` in a loop: a Python process importing Ray
@@ -304,11 +303,13 @@ def _tolerations(placement: api.Placement, gpus: int) -> list[dict[str, Any]]:
 
 
 def _placement(placement: api.Placement, gpus: int) -> dict[str, Any]:
-    """nodeSelector, tolerations and affinity: the spec's, plus what GPU nodes need."""
+    """nodeSelector, tolerations and affinity: the spec's, plus what GPU nodes need (the role's
+    GPU node selector, under the spec's own nodeSelector where a key is in both)."""
     out: dict[str, Any] = {}
     node_selector = dict(placement.node_selector)
     if gpus > 0:
-        node_selector[GPU_NODE_LABEL] = "true"
+        gpu = api.DEFAULT_GPU_NODE_SELECTOR if placement.gpu_node_selector is None else placement.gpu_node_selector
+        node_selector = {**gpu, **node_selector}
     if node_selector:
         out["nodeSelector"] = node_selector
     tolerations = _tolerations(placement, gpus)
@@ -317,6 +318,15 @@ def _placement(placement: api.Placement, gpus: int) -> dict[str, Any]:
     if placement.affinity:
         out["affinity"] = copy.deepcopy(placement.affinity)
     return out
+
+
+def with_gpu_node_selector(run: api.ReasoningRun, default: dict[str, str]) -> api.ReasoningRun:
+    """`run` with `default` as each role's GPU node selector where the spec leaves it unset: what the
+    operator freezes in the run's config when it first sees the run."""
+    roles = {role: getattr(run.spec, role) for role in ("trainer", "rollout")}
+    updates = {role: p.model_copy(update={"gpu_node_selector": dict(default)}) for role, p in roles.items()
+               if p.gpu_node_selector is None}
+    return run.model_copy(update={"spec": run.spec.model_copy(update=updates)}) if updates else run
 
 
 def _pod_security() -> dict[str, Any]:

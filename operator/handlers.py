@@ -54,6 +54,23 @@ RETRY_MAX_SECONDS = 60.0
 CONFLICT_RETRIES = 10  # passes started again at once on a 409 before the pass counts as failed
 _metrics = metrics.Metrics(names=("reconcile_seconds", "reconcile_errors", "reconcile_conflicts", "runs"))
 _clients: dict[str, Any] = {}
+def gpu_node_selector(value: str | None) -> dict[str, str]:
+    """The default GPU node selector from its environment variable (JSON; the chart's
+    `gpuNodeSelector`): unset or empty means the API's default; `{}` means none."""
+    if not value:
+        return dict(api.DEFAULT_GPU_NODE_SELECTOR)
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
+        raise SystemExit(f"{api.GPU_NODE_SELECTOR_VAR} must be a JSON object of label names to string values "
+                         f"(the chart's gpuNodeSelector), not {value!r}")
+    return parsed
+
+
+# read when kopf imports this module: a bad value stops the operator before it touches any run
+_settings: dict[str, Any] = {"gpu_node_selector": gpu_node_selector(os.environ.get(api.GPU_NODE_SELECTOR_VAR))}
 # connect, read: the time limits of every call the operator makes (its own and kopf's)
 API_TIMEOUT_SECONDS = (10.0, float(os.environ.get("ZEROTH_API_TIMEOUT_SECONDS", "30")))
 
@@ -289,7 +306,7 @@ def _frozen(live: api.ReasoningRun, uid: str) -> api.ReasoningRun:
     it never changes), with the live replicas and suspend."""
     frozen = _frozen_runs.get(uid)
     if frozen is None:
-        cm = builders.config_map(live, uid)
+        cm = builders.config_map(builders.with_gpu_node_selector(live, _settings["gpu_node_selector"]), uid)
         try:
             stored = _clients["core"].read_namespaced_config_map(cm["metadata"]["name"], live.metadata.namespace)
             frozen = validation.validate(json.loads(stored.data[builders.CONFIG_KEY]), source=cm["metadata"]["name"])
@@ -297,7 +314,7 @@ def _frozen(live: api.ReasoningRun, uid: str) -> api.ReasoningRun:
             if e.status != 404:
                 raise
             _create(cm)
-            frozen = live
+            frozen = validation.validate(json.loads(cm["data"][builders.CONFIG_KEY]), source=cm["metadata"]["name"])
         _frozen_runs[uid] = frozen
     rollout = frozen.spec.rollout.model_copy(update={"replicas": live.spec.rollout.replicas})
     spec = frozen.spec.model_copy(update={"rollout": rollout, "suspend": live.spec.suspend})

@@ -339,6 +339,12 @@ class Resources(Spec):
     """Maximum resources."""
 
 
+# Where GPU pods go when neither the run nor the operator says otherwise: the label NVIDIA's GPU
+# Feature Discovery (the GPU Operator) puts on GPU nodes. The operator's default comes from
+# GPU_NODE_SELECTOR_VAR (the chart's `gpuNodeSelector`); a run's `gpuNodeSelector` overrides both.
+DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
+GPU_NODE_SELECTOR_VAR = "ZEROTH_GPU_NODE_SELECTOR"
+
 # Environment variables the operator sets in every pod (docs/operator.md): a run's `env` may not set
 # these, nor any ZEROTH_* name, so a user's value never silently replaces the contract.
 RESERVED_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "NNODES",
@@ -426,6 +432,12 @@ class Placement(Spec):
     """Taints the pods tolerate (GPU nodes are often tainted)."""
     affinity: PreservedObject | None = None
     """A Kubernetes affinity object, passed to the pods as it is."""
+    gpu_node_selector: dict[str, str] | None = None
+    """Node labels this role's GPU pods must match, besides `nodeSelector`. Unset: the operator's
+    default (the chart's `gpuNodeSelector`, NVIDIA GPU Feature Discovery's `nvidia.com/gpu.present:
+    "true"` out of the box), fixed in the run's config when the run starts; `{}`: none, the
+    `nvidia.com/gpu` request alone places the pods. Other clusters label GPU nodes otherwise:
+    GKE `cloud.google.com/gke-accelerator: <type>`, EKS `k8s.amazonaws.com/accelerator: <type>`."""
     env: list[EnvVar] = Field(default_factory=list, max_length=128)
     """Environment variables of the role's containers (NCCL settings, an HF token from a Secret),
     after the operator's own (which they may not set)."""

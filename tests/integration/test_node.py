@@ -90,7 +90,7 @@ def test_real_node_is_ready_labelled_and_tainted_beside_the_kwok_nodes(cluster: 
     assert real["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://2.")
     assert {a["address"] for a in real["status"]["addresses"] if a["type"] == "InternalIP"} == {node.NODE_IP}
     kwok = [n for n, obj in nodes.items() if obj["metadata"].get("annotations", {}).get("kwok.x-k8s.io/node") == "fake"]
-    assert len(kwok) == hack_cluster.CPU_NODES + hack_cluster.GPU_NODES
+    assert len(kwok) == hack_cluster.CPU_NODES + hack_cluster.GPU_NODES + len(hack_cluster.OTHER_GPU_NODES)
 
 
 def test_a_pod_without_the_toleration_never_lands_on_the_real_node(cluster: Cluster, namespace: str):

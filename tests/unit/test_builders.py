@@ -638,3 +638,38 @@ def test_torchrun_in_a_pod_gives_its_processes_the_pods_grace_period():
     assert command.index("--shutdown-timeout=900") < command.index("-m")  # torchrun's option, not the trainer's
     plain = builders.trainer_command(CASES["multi-gpu"], 0)
     assert plain[0] == "torchrun" and not any(a.startswith("--shutdown-timeout") for a in plain)
+
+
+def test_gpu_pods_follow_the_roles_gpu_node_selector_or_the_default():
+    def selectors(**spec):
+        run = validation.validate(_manifest("sel", **spec))
+        return {p["metadata"]["labels"]["zeroth.dev/role"]: p["spec"].get("nodeSelector") for p in _pods(run)}
+
+    gpu = {"gpusPerReplica": 1}
+    assert selectors(trainer=gpu, rollout=gpu)["trainer"] == api.DEFAULT_GPU_NODE_SELECTOR
+    gke = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    placed = selectors(trainer={**gpu, "gpuNodeSelector": gke, "nodeSelector": {"pool": "a"}}, rollout={**gpu, "gpuNodeSelector": {}})
+    assert placed["trainer"] == {**gke, "pool": "a"}
+    assert placed["rollout"] is None  # {}: the nvidia.com/gpu request alone places it
+    assert placed["ray-head"] is None
+    # the spec's own nodeSelector wins where both name a key
+    assert selectors(trainer={**gpu, "nodeSelector": {"nvidia.com/gpu.present": "false"}})["trainer"] == {
+        "nvidia.com/gpu.present": "false"}
+    assert selectors(trainer={"gpusPerReplica": 0, "gpuNodeSelector": gke})["trainer"] is None  # CPU pods: no GPU selector
+
+
+def test_the_operator_freezes_its_default_gpu_node_selector_where_a_run_sets_none():
+    from zeroth.operator import handlers
+
+    gke = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    run = validation.validate(_manifest("freeze", namespace="ns", trainer={"gpusPerReplica": 1},
+                                        rollout={"gpusPerReplica": 1, "gpuNodeSelector": {"pool": "own"}}))
+    frozen = builders.with_gpu_node_selector(run, gke)
+    assert frozen.spec.trainer.gpu_node_selector == gke and frozen.spec.rollout.gpu_node_selector == {"pool": "own"}
+    stored = json.loads(builders.config_map(frozen, UID)["data"][builders.CONFIG_KEY])
+    assert stored["spec"]["trainer"]["gpuNodeSelector"] == gke  # a later default leaves this run as it started
+    assert handlers.gpu_node_selector(None) == api.DEFAULT_GPU_NODE_SELECTOR
+    assert handlers.gpu_node_selector("{}") == {}
+    assert handlers.gpu_node_selector(json.dumps(gke)) == gke
+    with pytest.raises(SystemExit, match="ZEROTH_GPU_NODE_SELECTOR must be a JSON object"):
+        handlers.gpu_node_selector('{"a": 1}')
