@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, Cluster, Operator, minimal_manifest
+from tests.conftest import ROOT, Cluster, Operator, _free_port, minimal_manifest
 from tests.speed import scaled
 
 pytestmark = pytest.mark.cluster
@@ -325,3 +325,54 @@ def test_a_pod_held_back_says_why_in_get_describe_and_an_event(crd, operator, na
         assert "Insufficient nvidia.com/gpu" in cond["message"]  # the scheduler's own words
     if case == "no-secret":
         assert "not-created" in cond["message"]  # the kubelet's: which Secret
+
+
+GKE = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+
+
+def trainer_node(c: Cluster, ns: str, name: str):
+    pods = [p for p in pods_of(c, ns, name, "trainer") if p["spec"].get("nodeName")]
+    return pods[0]["spec"]["nodeName"] if pods else None
+
+
+@pytest.mark.parametrize("case, trainer, node", [
+    ("gke", {"gpuNodeSelector": GKE}, "gpu-gke"),
+    ("eks", {"gpuNodeSelector": {"k8s.amazonaws.com/accelerator": "nvidia-tesla-a10g"}}, "gpu-eks"),
+    ("bare", {"gpuNodeSelector": {}, "nodeSelector": {"kubernetes.io/hostname": "gpu-bare"}}, "gpu-bare"),
+])
+def test_gpu_pods_go_where_the_runs_gpu_node_selector_says(crd, operator, namespace, case, trainer, node):
+    """kwok GPU nodes labelled as GKE and EKS label theirs, and one with no GPU label: the run's
+    selector (or none) places the trainer there, by the real scheduler."""
+    c, ns = crd, namespace
+    m = run_manifest(case, trainers=1, trainer_gpus=1, rollouts=1, rollout_gpus=0)
+    m["spec"]["trainer"].update(trainer)
+    c.apply(m, "-n", ns)
+    assert wait_for(f"{case}'s trainer scheduled", lambda: trainer_node(c, ns, case), operator=operator) == node
+
+
+def test_without_a_selector_for_it_a_gpu_pod_never_lands_on_an_unlabelled_gpu_node(crd, operator, namespace):
+    c, ns = crd, namespace
+    m = run_manifest("labelled-only", trainers=1, trainer_gpus=1, rollouts=1, rollout_gpus=0)
+    m["spec"]["trainer"]["nodeSelector"] = {"kubernetes.io/hostname": "gpu-bare"}  # with the default GPU selector
+    c.apply(m, "-n", ns)
+    status = wait_for("Stalled: Unschedulable", lambda: next((x for x in (run_of(c, ns, "labelled-only").get("status") or {})
+                                                               .get("conditions") or [] if x["type"] == "Stalled"
+                                                               and x["status"] == "True"), None), operator=operator)
+    assert status["reason"] == "Unschedulable" and trainer_node(c, ns, "labelled-only") is None
+
+
+def test_the_operators_default_gpu_node_selector_places_runs_that_set_none(crd, operator, namespace, tmp_path):
+    """The chart's gpuNodeSelector reaches the operator as ZEROTH_GPU_NODE_SELECTOR."""
+    c, ns = crd, namespace
+    gke_default = Operator(c, operator.kubeconfig, tmp_path / "operator.log", _free_port(), _free_port(),
+                           env={"ZEROTH_GPU_NODE_SELECTOR": json.dumps(GKE)})
+    operator.stop()  # one operator at a time
+    try:
+        gke_default.start()
+        c.apply(run_manifest("defaulted", trainers=1, trainer_gpus=1, rollouts=1, rollout_gpus=0), "-n", ns)
+        assert wait_for("the trainer scheduled", lambda: trainer_node(c, ns, "defaulted"), operator=gke_default) == "gpu-gke"
+        frozen = json.loads(c.get("configmap", "defaulted-config", "-n", ns)["data"]["run.json"])
+        assert frozen["spec"]["trainer"]["gpuNodeSelector"] == GKE  # fixed for the run's life
+    finally:
+        gke_default.stop()
+        operator.start()
