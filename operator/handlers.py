@@ -54,6 +54,8 @@ RETRY_MAX_SECONDS = 60.0
 CONFLICT_RETRIES = 10  # passes started again at once on a 409 before the pass counts as failed
 _metrics = metrics.Metrics(names=("reconcile_seconds", "reconcile_errors", "reconcile_conflicts", "runs"))
 _clients: dict[str, Any] = {}
+
+
 def gpu_node_selector(value: str | None) -> dict[str, str]:
     """The default GPU node selector from its environment variable (JSON; the chart's
     `gpuNodeSelector`): unset or empty means the API's default; `{}` means none."""
@@ -71,6 +73,7 @@ def gpu_node_selector(value: str | None) -> dict[str, str]:
 
 # read when kopf imports this module: a bad value stops the operator before it touches any run
 _settings: dict[str, Any] = {"gpu_node_selector": gpu_node_selector(os.environ.get(api.GPU_NODE_SELECTOR_VAR))}
+
 # connect, read: the time limits of every call the operator makes (its own and kopf's)
 API_TIMEOUT_SECONDS = (10.0, float(os.environ.get("ZEROTH_API_TIMEOUT_SECONDS", "30")))
 
