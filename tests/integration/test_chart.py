@@ -95,6 +95,16 @@ def test_values_reach_the_pod(cluster: Cluster, tmp_path: Path):
     assert c["resources"]["requests"]["cpu"] == "250m" and c["resources"]["limits"]["memory"] == "1Gi"
 
 
+def test_the_gpu_node_selector_reaches_the_operator_as_json_or_not_at_all(cluster: Cluster):
+    def env(*args: str) -> dict[str, str]:
+        (c,) = one(render(cluster, *args), "Deployment")["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e.get("value") for e in c["env"]}
+    assert "ZEROTH_GPU_NODE_SELECTOR" not in env()  # unset: the operator's built-in NVIDIA default
+    gke = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert json.loads(env("--set-json", f"gpuNodeSelector={json.dumps(gke)}")["ZEROTH_GPU_NODE_SELECTOR"]) == gke
+    assert env("--set-json", "gpuNodeSelector={}")["ZEROTH_GPU_NODE_SELECTOR"] == "{}"  # none
+
+
 def test_pod_monitor_only_where_the_api_is_served(cluster: Cluster):
     assert not [d for d in render(cluster) if d["kind"] == "PodMonitor"]
     served = ("--api-versions", "monitoring.coreos.com/v1/PodMonitor")
@@ -125,6 +135,7 @@ def test_cluster_scoped_names_differ_per_namespace(cluster: Cluster):
     ("resources.limits.memory=lots", "/resources/limits/memory"),
     ("metrics.podMonitor.interval=often", "/metrics/podMonitor/interval"),
     ("imageTag=v1", "imageTag"),
+    ("gpuNodeSelector=nvidia", "/gpuNodeSelector"),
 ])
 def test_values_schema_refuses_naming_the_value(cluster: Cluster, setting: str, path: str):
     proc = cluster.run("helm", "template", "zeroth", str(CHART), "--kube-version", KUBE_VERSION, "--set", setting, check=False)
