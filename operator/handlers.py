@@ -263,6 +263,10 @@ def _reconcile(namespace: str, name: str) -> None:
         _create(obj)
     for ev in p.events:
         _post_event(body, ev, now)
+    if p.requeue_after is not None:  # a deadline falls due with no event to say so
+        later = threading.Timer(p.requeue_after + 1.0, _quietly, (namespace, name))
+        later.daemon = True
+        later.start()
     _phases[(namespace, name)] = p.status["phase"]
     _publish_phases()
 

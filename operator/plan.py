@@ -107,6 +107,7 @@ class Plan:
     ends_group: bool = False  # the pods are deleted for good (suspended or finished), not replaced
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None  # seconds: plan again then, event or not (a deadline falls due)
 
 
 def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, generation: int | None,
@@ -127,9 +128,15 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
     def delete(where) -> None:
         p.delete.extend(s.name for s in live if where(s) and s.name not in p.delete)
 
+    active_for = _seconds_since(status.get("startTime"), now)
+    deadline = spec.active_deadline_seconds
     if old_phase in TERMINAL:
         # finished: nothing runs any more (failed and completed trainer pods stay, for their logs)
         delete(lambda s: s.phase not in TERMINAL or s.role != ROLE_TRAINER)
+    elif deadline is not None and active_for >= deadline:
+        phase = "Failed"
+        message = f"the run was active for {active_for:.0f} s, past its activeDeadlineSeconds of {deadline}"
+        delete(lambda s: s.phase not in TERMINAL)
     elif spec.suspend:
         delete(lambda s: True)
         phase, message = "Suspended", "suspended: pods deleted, config and checkpoints kept"
@@ -176,6 +183,8 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
                     message = f"{message}; {stalled[1]}"
 
     finished = phase in TERMINAL
+    if deadline is not None and not finished:
+        p.requeue_after = max(deadline - active_for, 0.0)
     p.ends_group = finished or phase == "Suspended"
     trainer_ready = sum(1 for s in live if s.role == ROLE_TRAINER and s.attempt == restarts and s.phase == "Running" and s.ready)
     rollout_ready = sum(1 for s in live if s.role == ROLE_ROLLOUT and s.phase == "Running" and s.ready)
@@ -236,6 +245,13 @@ def conditions(old: list[dict[str, Any]], phase: str, message: str, generation: 
         out.append({"type": kind, "status": value, "reason": reason, "message": text,
                     "lastTransitionTime": since or _stamp(now), "observedGeneration": generation})
     return out
+
+
+def _seconds_since(stamp: str | None, now: datetime) -> float:
+    """Seconds from an RFC 3339 status time (`_stamp`'s form) to `now`; 0 when there is none yet."""
+    if not stamp:
+        return 0.0
+    return (now - datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)).total_seconds()
 
 
 def _stamp(t: datetime) -> str:

@@ -593,6 +593,9 @@ class ReasoningRunSpec(Spec):
     """true: delete the pods and keep config and checkpoints; false again resumes from the last checkpoint."""
     backoff_limit: int = Field(default=3, ge=0, le=100)
     """Gang restarts allowed before the run is Failed."""
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Seconds after `status.startTime` (suspended time included) at which a run still active is
+    Failed and its pods deleted, as a Job's `activeDeadlineSeconds`: a bound on what a run can cost."""
     queue_name: DnsName | None = Field(default=None, max_length=63)
     """Kueue LocalQueue that admits the run's pods as one workload."""
     priority_class_name: DnsName | None = None

@@ -376,3 +376,12 @@ def test_the_operators_default_gpu_node_selector_places_runs_that_set_none(crd, 
     finally:
         gke_default.stop()
         operator.start()
+
+
+def test_an_active_deadline_fails_the_run_and_deletes_its_pods(crd, operator, namespace):
+    c, ns = crd, namespace
+    running(c, operator, ns, "bounded", trainers=1, trainer_gpus=0, rollouts=1, rollout_gpus=0, activeDeadlineSeconds=10)
+    status = wait_for("Failed at its deadline", phase_is(c, ns, "bounded", "Failed"), timeout=40, operator=operator)
+    assert "past its activeDeadlineSeconds of 10" in status["message"] and status["completionTime"]
+    wait_for("its pods deleted", lambda: not live(pods_of(c, ns, "bounded")), operator=operator)
+    assert ("Warning", "Failed") in events_of(c, ns, "bounded")

@@ -288,3 +288,20 @@ def test_a_plan_is_a_fixed_point_once_carried_out():
     again = planning.plan(RUN, spec(), p.status, 1, gang(), NOW + timedelta(seconds=30))
     assert again.create == [] and again.delete == [] and again.events == []
     assert again.status == p.status
+
+
+def test_an_active_deadline_fails_the_run_and_frees_everything_once_it_falls_due():
+    m = minimal_manifest(RUN)
+    m["spec"].update(trainer={"replicas": 2, "gpusPerReplica": 0}, rollout={"replicas": 2, "gpusPerReplica": 0, "engine": "hf"},
+                     activeDeadlineSeconds=600)
+    bounded = validation.validate(m).spec
+    started = {"phase": "Running", "startTime": "2026-11-24T11:55:00Z"}  # 300 s before NOW
+    p = planning.plan(RUN, bounded, started, 1, gang(), NOW)
+    assert p.status["phase"] == "Running" and p.delete == []
+    assert p.requeue_after == pytest.approx(300)  # planned again when it falls due, event or not
+    late = planning.plan(RUN, bounded, started, 1, gang(), NOW + timedelta(seconds=300))
+    assert late.status["phase"] == "Failed" and "activeDeadlineSeconds of 600" in late.status["message"]
+    assert sorted(late.delete) == sorted(q["metadata"]["name"] for q in gang())
+    assert late.status["completionTime"] and ("Warning", "Failed") in [(e.type, e.reason) for e in late.events]
+    assert late.requeue_after is None
+    assert planning.plan(RUN, spec(), started, 1, gang(), NOW + timedelta(days=30)).status["phase"] == "Running"  # no deadline
