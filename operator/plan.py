@@ -181,10 +181,23 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
                     pod_state, (why, detail) = held
                     stalled = (why, f"pod {pod_state.name}: {why}: {detail}")
                     message = f"{message}; {stalled[1]}"
+                startup = spec.startup_deadline_seconds
+                if startup is not None and phase in ("Pending", "Initializing"):
+                    waited = _seconds_since(_waiting_since(status), now)
+                    if waited >= startup:
+                        phase = "Failed"
+                        message = f"the pods did not all start within startupDeadlineSeconds ({startup}): {message}"
+                        p.create = []
+                        delete(lambda s: s.phase not in TERMINAL)
+                    else:
+                        p.requeue_after = startup - waited
 
     finished = phase in TERMINAL
     if deadline is not None and not finished:
-        p.requeue_after = max(deadline - active_for, 0.0)
+        due = max(deadline - active_for, 0.0)
+        p.requeue_after = due if p.requeue_after is None else min(p.requeue_after, due)
+    if finished:
+        p.requeue_after = None
     p.ends_group = finished or phase == "Suspended"
     trainer_ready = sum(1 for s in live if s.role == ROLE_TRAINER and s.attempt == restarts and s.phase == "Running" and s.ready)
     rollout_ready = sum(1 for s in live if s.role == ROLE_ROLLOUT and s.phase == "Running" and s.ready)
@@ -245,6 +258,17 @@ def conditions(old: list[dict[str, Any]], phase: str, message: str, generation: 
         out.append({"type": kind, "status": value, "reason": reason, "message": text,
                     "lastTransitionTime": since or _stamp(now), "observedGeneration": generation})
     return out
+
+
+def _waiting_since(status: dict[str, Any]) -> str | None:
+    """Since when the run's pods have been starting, by the stored conditions: the later of Ready
+    turning False (a gang restart) and Progressing turning True (the start, a resume). None when
+    the waiting starts with this pass: a new run, a running one, a suspended one resuming."""
+    conds = {c.get("type"): c for c in status.get("conditions") or []}
+    if (conds.get("Ready") or {}).get("status") == "True" or (conds.get("Progressing") or {}).get("status") != "True":
+        return None
+    times = [(conds.get(kind) or {}).get("lastTransitionTime") for kind in ("Ready", "Progressing")]
+    return max((t for t in times if t), default=None)
 
 
 def _seconds_since(stamp: str | None, now: datetime) -> float:

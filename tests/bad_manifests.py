@@ -58,6 +58,7 @@ CASES = [
     Case("a label value with a space", spec(trainer={"labels": {"team": "r l"}}), "spec.trainer.labels"),
     Case("a negative grace period", spec(trainer={"terminationGracePeriodSeconds": -1}),
          "spec.trainer.terminationGracePeriodSeconds"),
+    Case("a negative start-up deadline", spec(startupDeadlineSeconds=-5), "spec.startupDeadlineSeconds"),
     Case("a zero active deadline", spec(activeDeadlineSeconds=0), "spec.activeDeadlineSeconds"),
     Case("an image pull secret that is no name", spec(imagePullSecrets=["Not A Name"]), "spec.imagePullSecrets[0]"),
 

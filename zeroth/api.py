@@ -593,6 +593,10 @@ class ReasoningRunSpec(Spec):
     """true: delete the pods and keep config and checkpoints; false again resumes from the last checkpoint."""
     backoff_limit: int = Field(default=3, ge=0, le=100)
     """Gang restarts allowed before the run is Failed."""
+    startup_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Seconds the run's pods have to start (from the run's start, a gang restart or a resume) before
+    the run is Failed with what held them back: an image that never pulls, a Secret that never
+    comes, a GPU request no node will meet."""
     active_deadline_seconds: int | None = Field(default=None, ge=1)
     """Seconds after `status.startTime` (suspended time included) at which a run still active is
     Failed and its pods deleted, as a Job's `activeDeadlineSeconds`: a bound on what a run can cost."""

@@ -385,3 +385,13 @@ def test_an_active_deadline_fails_the_run_and_deletes_its_pods(crd, operator, na
     assert "past its activeDeadlineSeconds of 10" in status["message"] and status["completionTime"]
     wait_for("its pods deleted", lambda: not live(pods_of(c, ns, "bounded")), operator=operator)
     assert ("Warning", "Failed") in events_of(c, ns, "bounded")
+
+
+def test_a_startup_deadline_fails_a_run_that_cannot_be_scheduled_saying_why(crd, operator, namespace):
+    c, ns = crd, namespace
+    c.apply(run_manifest("never", trainers=1, trainer_gpus=16, rollouts=1, rollout_gpus=0, startupDeadlineSeconds=10),
+            "-n", ns)
+    status = wait_for("Failed at its start-up deadline", phase_is(c, ns, "never", "Failed"), timeout=40, operator=operator)
+    assert "did not all start within startupDeadlineSeconds (10)" in status["message"]
+    assert "Unschedulable" in status["message"]  # what held it, from the scheduler
+    wait_for("its pods deleted", lambda: not live(pods_of(c, ns, "never")), operator=operator)

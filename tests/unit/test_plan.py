@@ -305,3 +305,34 @@ def test_an_active_deadline_fails_the_run_and_frees_everything_once_it_falls_due
     assert late.status["completionTime"] and ("Warning", "Failed") in [(e.type, e.reason) for e in late.events]
     assert late.requeue_after is None
     assert planning.plan(RUN, spec(), started, 1, gang(), NOW + timedelta(days=30)).status["phase"] == "Running"  # no deadline
+
+
+def test_a_startup_deadline_fails_a_run_whose_pods_never_start_saying_what_held_them():
+    m = minimal_manifest(RUN)
+    m["spec"].update(trainer={"replicas": 2, "gpusPerReplica": 0}, rollout={"replicas": 2, "gpusPerReplica": 0, "engine": "hf"},
+                     startupDeadlineSeconds=120)
+    bounded = validation.validate(m).spec
+    pods = gang(phase="Pending", node="cpu-0")
+    pods[1]["status"] = copy.deepcopy(HELD["ErrImagePull"])
+    first = planning.plan(RUN, bounded, None, 1, pods, NOW)  # the run's first pass: starting since now
+    assert first.status["phase"] != "Failed" and first.requeue_after == pytest.approx(120)
+    soon = planning.plan(RUN, bounded, first.status, 1, pods, NOW + timedelta(seconds=60))
+    assert soon.status["phase"] != "Failed" and soon.requeue_after == pytest.approx(60)
+    late = planning.plan(RUN, bounded, soon.status, 1, pods, NOW + timedelta(seconds=121))
+    assert late.status["phase"] == "Failed" and late.create == [] and late.requeue_after is None
+    assert "did not all start within startupDeadlineSeconds (120)" in late.status["message"]
+    assert f"pod {RUN}-trainer-1: ErrImagePull" in late.status["message"]  # what held them
+    assert sorted(late.delete) == sorted(q["metadata"]["name"] for q in pods)
+
+    # running, then a gang restart: the clock starts again when Ready turns False
+    running = planning.plan(RUN, bounded, first.status, 1, gang(), NOW + timedelta(seconds=60)).status
+    assert running["phase"] == "Running"
+    restarting = planning.plan(RUN, bounded, running, 1, pods, NOW + timedelta(seconds=600))
+    assert restarting.status["phase"] != "Failed" and restarting.requeue_after == pytest.approx(120)
+
+    # suspended, then resumed: the clock starts again with the resume
+    suspended = planning.plan(RUN, bounded.model_copy(update={"suspend": True}), restarting.status, 1, pods,
+                              NOW + timedelta(seconds=700)).status
+    assert suspended["phase"] == "Suspended"
+    resumed = planning.plan(RUN, bounded, suspended, 1, [], NOW + timedelta(seconds=5000))
+    assert resumed.status["phase"] == "Pending" and resumed.requeue_after == pytest.approx(120)
