@@ -359,13 +359,14 @@ _LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 def _owned_keys_rule(field: str, what: str, values: str | None = None) -> tuple[Rule, ...]:
     prefixes = " && ".join(f"!k.startsWith('{p}')" for p in RESERVED_PREFIXES)
     rules = [
-        Rule(f"self.{field}.all(k, size(k) <= 316 && k.matches('{_QUALIFIED_NAME}'))",
+        Rule(f"!has(self.{field}) || self.{field}.all(k, size(k) <= 316 && k.matches('{_QUALIFIED_NAME}'))",
              f"{what} keys must be qualified names (`team`, `example.com/team`)", f".{field}"),
-        Rule(f"self.{field}.all(k, {prefixes})",
+        Rule(f"!has(self.{field}) || self.{field}.all(k, {prefixes})",
              f"{what} may not use the prefixes {', '.join(RESERVED_PREFIXES)}: the operator and Kueue own them", f".{field}"),
     ]
     if values:
-        rules.append(Rule(f"self.{field}.all(k, size(self.{field}[k]) <= 63 && self.{field}[k].matches('{values}'))",
+        rules.append(Rule(f"!has(self.{field}) || self.{field}.all(k, size(self.{field}[k]) <= 63 && "
+                          f"self.{field}[k].matches('{values}'))",
                           f"{what} values must be at most 63 characters of letters, digits, '-', '_' and '.'", f".{field}"))
     return tuple(rules)
 
