@@ -43,6 +43,7 @@ class PodState:
     terminating: bool
     reason: str  # why it ended, when it did
     held: tuple[str, str] | None  # what keeps it from running: (reason, message), e.g. ("ErrImagePull", ...)
+    disrupted: bool  # taken away rather than failed: evicted, preempted, its node lost (DisruptionTarget)
 
     @classmethod
     def of(cls, pod: dict[str, Any]) -> PodState:
@@ -54,7 +55,15 @@ class PodState:
         return cls(name=meta["name"], role=role, number=int(number), attempt=int(labels.get(LABEL_ATTEMPT, "0")),
                    phase=status.get("phase", "Pending"), scheduled=bool(spec.get("nodeName")),
                    gated=tuple(g["name"] for g in spec.get("schedulingGates") or []), ready=ready,
-                   terminating=bool(meta.get("deletionTimestamp")), reason=_ended_reason(status), held=_held(status))
+                   terminating=bool(meta.get("deletionTimestamp")), reason=_ended_reason(status), held=_held(status),
+                   disrupted=_disrupted(status))
+
+
+def _disrupted(status: dict[str, Any]) -> bool:
+    """The API server, the scheduler (preemption), the taint manager (a lost node) or the kubelet
+    (node-pressure eviction) took the pod away: the DisruptionTarget condition, or an Evicted pod."""
+    return status.get("reason") == "Evicted" or any(
+        c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
 # What the kubelet or the scheduler reports when a pod cannot start: these wait for a person, not
@@ -115,7 +124,12 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
     status = dict(status or {})
     old_phase = status.get("phase") or "Pending"
     restarts = int(status.get("restarts") or 0)
-    resumes = int(status.get("resumes") or 0) + (1 if old_phase == "Suspended" and not spec.suspend else 0)
+    disruptions = int(status.get("disruptions") or 0)  # of those restarts, how many a disruption caused
+    resuming = old_phase == "Suspended" and not spec.suspend
+    resumes = int(status.get("resumes") or 0) + (1 if resuming else 0)
+    # the attempt whose every rank has been seen running or starting: from then on a rank that goes
+    # (deleted, evicted, its node lost) takes the gang with it; a resume starts the count again
+    started_attempt = None if resuming else status.get("startedAttempt")
     states = [PodState.of(p) for p in pods]
     live = [s for s in states if not s.terminating]
     trainers = [s for s in states if s.role == ROLE_TRAINER]
@@ -141,8 +155,17 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
         delete(lambda s: True)
         phase, message = "Suspended", "suspended: pods deleted, config and checkpoints kept"
     else:
-        failed = [s for s in live if s.role == ROLE_TRAINER and s.attempt == restarts and s.phase == "Failed"]
-        if failed and restarts >= spec.backoff_limit:
+        attempt = [s for s in trainers if s.attempt == restarts]
+        if started_attempt != restarts and len({s.number for s in attempt if not s.terminating}) == n_trainers:
+            started_attempt = restarts
+        failed = [s for s in attempt if s.phase == "Failed" and not s.terminating and not s.disrupted]
+        gone: list[str] = []  # ranks of a started attempt taken away: evicted, preempted, deleted, lost
+        if started_attempt == restarts:
+            gone = [f"{s.name} {'evicted or preempted' if s.disrupted else 'deleted'}" for s in attempt
+                    if s.phase not in ("Succeeded",) and (s.disrupted or s.terminating)]
+            present = {s.number for s in attempt}
+            gone += [f"{trainer_pod_name(name, r, restarts)} gone" for r in range(n_trainers) if r not in present]
+        if failed and restarts - disruptions >= spec.backoff_limit:
             first = failed[0]
             phase = "Failed"
             message = (f"trainer pod {first.name} failed ({first.reason or 'no reason given'}) with the backoff limit "
@@ -154,8 +177,14 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
                 restarts += 1
                 p.events.append(Event("Warning", "GangRestart",
                                       f"trainer pod {first.name} failed ({first.reason or 'no reason given'}): restarting "
-                                      f"the trainer gang from the last checkpoint (restart {restarts} of "
+                                      f"the trainer gang from the last checkpoint (restart {restarts - disruptions} of "
                                       f"{spec.backoff_limit})"))
+            elif gone:
+                restarts += 1
+                disruptions += 1  # not the run's fault: not counted against backoffLimit
+                p.events.append(Event("Warning", "GangRestart",
+                                      f"trainer pod {', '.join(gone)}: a disruption, restarting the trainer gang from the "
+                                      "last checkpoint (not counted against backoffLimit)"))
             delete(lambda s: s.role == ROLE_TRAINER and s.attempt != restarts)
             current = [s for s in trainers if s.attempt == restarts and not s.terminating]
             if len(current) == n_trainers and all(s.phase == "Succeeded" for s in current):
@@ -206,6 +235,8 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
         "message": message,
         "observedGeneration": generation,
         "restarts": restarts,
+        "disruptions": disruptions,
+        "startedAttempt": started_attempt,
         "resumes": resumes,
         "trainer": {"desired": n_trainers, "ready": trainer_ready},
         "rollout": {"desired": n_rollouts, "ready": rollout_ready, "selector": rollout_selector(name)},

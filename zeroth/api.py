@@ -694,7 +694,12 @@ class ReasoningRunStatus(Status):
     progress: Progress = Field(default_factory=Progress)
     """Training progress."""
     restarts: int = 0
-    """Gang restarts so far."""
+    """Gang restarts so far (the trainer pods' attempt number)."""
+    disruptions: int = 0
+    """Of those, the restarts a disruption caused (a trainer pod evicted, preempted, deleted or on a
+    lost node): not counted against backoffLimit."""
+    started_attempt: int | None = None
+    """The attempt every trainer rank of which has been seen: a rank of it that goes restarts the gang."""
     resumes: int = 0
     """Times the run was resumed after a suspension (each resumed run is a new Kueue pod group)."""
     start_time: datetime | None = None

@@ -395,3 +395,32 @@ def test_a_startup_deadline_fails_a_run_that_cannot_be_scheduled_saying_why(crd,
     assert "did not all start within startupDeadlineSeconds (10)" in status["message"]
     assert "Unschedulable" in status["message"]  # what held it, from the scheduler
     wait_for("its pods deleted", lambda: not live(pods_of(c, ns, "never")), operator=operator)
+
+
+def test_a_trainer_pod_deleted_or_evicted_restarts_the_gang_and_never_counts_against_the_backoff_limit(
+        crd, operator, namespace):
+    from kubernetes import client, config
+
+    c, ns = crd, namespace
+    running(c, operator, ns, "shaken", trainers=2, trainer_gpus=0, rollouts=1, rollout_gpus=0, backoffLimit=0)
+    wait_for("the gang seen whole", lambda: run_of(c, ns, "shaken")["status"].get("startedAttempt") == 0, operator=operator)
+
+    def gang_of(attempt: int):
+        def check():
+            pods = live(pods_of(c, ns, "shaken", "trainer"))
+            status = run_of(c, ns, "shaken")["status"]
+            return (len(pods) == 2 and {p["metadata"]["labels"]["zeroth.dev/attempt"] for p in pods} == {str(attempt)}
+                    and all(p["status"].get("phase") == "Running" for p in pods) and status["phase"] == "Running"
+                    and status.get("startedAttempt") == attempt and status)
+        return check
+
+    c.kubectl("delete", "pod", "shaken-trainer-1", "-n", ns, "--wait=false")  # a person, or a drain
+    status = wait_for("a new gang after the deletion", gang_of(1), timeout=90, operator=operator)
+    assert (status["restarts"], status["disruptions"]) == (1, 1)
+
+    core = client.CoreV1Api(config.new_client_from_config(str(c.kubeconfig)))
+    core.create_namespaced_pod_eviction("shaken-trainer-0-1", ns, {  # what a drain or the autoscaler sends
+        "apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "shaken-trainer-0-1", "namespace": ns}})
+    status = wait_for("a new gang after the eviction", gang_of(2), timeout=90, operator=operator)
+    assert (status["restarts"], status["disruptions"]) == (2, 2)  # backoffLimit 0, and still running
+    assert sum(1 for t, r in events_of(c, ns, "shaken") if (t, r) == ("Warning", "GangRestart")) >= 2

@@ -336,3 +336,59 @@ def test_a_startup_deadline_fails_a_run_whose_pods_never_start_saying_what_held_
     assert suspended["phase"] == "Suspended"
     resumed = planning.plan(RUN, bounded, suspended, 1, [], NOW + timedelta(seconds=5000))
     assert resumed.status["phase"] == "Pending" and resumed.requeue_after == pytest.approx(120)
+
+
+def _started(status: dict) -> dict:
+    """The status after the gang of attempt status["restarts"] was seen whole."""
+    return planning.plan(RUN, spec(backoff=0), status, 1, gang(attempt=int(status.get("restarts") or 0)), NOW).status
+
+
+@pytest.mark.parametrize("how", ["deleted", "evicted", "preempted", "gone"])
+def test_a_disrupted_rank_restarts_the_whole_gang_without_counting_against_the_backoff_limit(how):
+    running = _started({"phase": "Running"})
+    assert running["startedAttempt"] == 0
+    pods = gang()
+    rank1 = pods[1]
+    if how == "deleted":  # kubectl delete pod, a drain: terminating
+        rank1["metadata"]["deletionTimestamp"] = "2026-11-24T11:59:00Z"
+    elif how == "evicted":  # the Eviction API, or the kubelet under node pressure
+        rank1["status"] = {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}
+    elif how == "preempted":  # the scheduler, or the taint manager for a lost node
+        rank1["status"]["conditions"].append({"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"})
+        rank1["metadata"]["deletionTimestamp"] = "2026-11-24T11:59:00Z"
+    else:  # already removed
+        pods.remove(rank1)
+    p = planning.plan(RUN, spec(backoff=0), running, 1, pods, NOW)  # backoffLimit 0: a failure would end the run
+    assert p.status["phase"] != "Failed"
+    assert (p.status["restarts"], p.status["disruptions"]) == (1, 1)
+    assert "demo-trainer-0" in p.delete  # the surviving rank goes too: never a lone replacement at the same attempt
+    assert [(e.type, e.reason) for e in p.events][0] == ("Warning", "GangRestart")
+    assert "not counted against backoffLimit" in p.events[0].message
+
+
+def test_a_real_failure_after_disruptions_still_meets_the_backoff_limit():
+    after = {**_started({"phase": "Running", "restarts": 2, "disruptions": 2})}
+    assert after["startedAttempt"] == 2
+    pods = gang(attempt=2)
+    pods[0]["status"] = {"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": {
+        "exitCode": 1, "reason": "Error"}}}]}
+    p = planning.plan(RUN, spec(backoff=0), after, 1, pods, NOW)
+    assert p.status["phase"] == "Failed" and "backoff limit of 0" in p.status["message"]
+
+
+def test_a_gang_not_yet_seen_whole_is_not_restarted_for_a_missing_rank():
+    """An operator killed halfway through creating a gang left some ranks uncreated: they are
+    created, not taken for a disruption."""
+    partial = [q for q in gang() if q["metadata"]["name"] != "demo-trainer-1"]
+    p = planning.plan(RUN, spec(), {"phase": "Initializing"}, 1, partial, NOW)
+    assert p.status["restarts"] == 0 and ("trainer", 1) in p.create and p.status["startedAttempt"] is None
+
+
+def test_pods_still_terminating_from_a_suspension_are_no_disruption_of_the_resumed_run():
+    running = _started({"phase": "Running"})
+    suspended = planning.plan(RUN, spec(suspend=True), running, 1, gang(), NOW).status
+    leaving = gang()
+    for q in leaving:
+        q["metadata"]["deletionTimestamp"] = "2026-11-24T11:59:00Z"
+    p = planning.plan(RUN, spec(), suspended, 1, leaving, NOW)
+    assert p.status["restarts"] == 0 and p.status["disruptions"] == 0 and p.status["startedAttempt"] is None
