@@ -44,6 +44,7 @@ class PodState:
     reason: str  # why it ended, when it did
     held: tuple[str, str] | None  # what keeps it from running: (reason, message), e.g. ("ErrImagePull", ...)
     disrupted: bool  # taken away rather than failed: evicted, preempted, its node lost (DisruptionTarget)
+    exit_code: int | None  # of its first terminated container
 
     @classmethod
     def of(cls, pod: dict[str, Any]) -> PodState:
@@ -56,7 +57,15 @@ class PodState:
                    phase=status.get("phase", "Pending"), scheduled=bool(spec.get("nodeName")),
                    gated=tuple(g["name"] for g in spec.get("schedulingGates") or []), ready=ready,
                    terminating=bool(meta.get("deletionTimestamp")), reason=_ended_reason(status), held=_held(status),
-                   disrupted=_disrupted(status))
+                   disrupted=_disrupted(status), exit_code=_exit_code(status))
+
+
+def _exit_code(status: dict[str, Any]) -> int | None:
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term and term.get("exitCode") is not None:
+            return int(term["exitCode"])
+    return None
 
 
 def _disrupted(status: dict[str, Any]) -> bool:
@@ -165,7 +174,13 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
                     if s.phase not in ("Succeeded",) and (s.disrupted or s.terminating)]
             present = {s.number for s in attempt}
             gone += [f"{trainer_pod_name(name, r, restarts)} gone" for r in range(n_trainers) if r not in present]
-        if failed and restarts - disruptions >= spec.backoff_limit:
+        fatal = [s for s in failed if s.exit_code in spec.fail_on_exit_codes]
+        if fatal:
+            phase = "Failed"
+            message = (f"trainer pod {fatal[0].name} failed ({fatal[0].reason}), an exit code in failOnExitCodes: "
+                       "no gang restart")
+            delete(lambda s: s.phase not in TERMINAL)
+        elif failed and restarts - disruptions >= spec.backoff_limit:
             first = failed[0]
             phase = "Failed"
             message = (f"trainer pod {first.name} failed ({first.reason or 'no reason given'}) with the backoff limit "

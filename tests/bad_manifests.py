@@ -59,6 +59,7 @@ CASES = [
     Case("a negative grace period", spec(trainer={"terminationGracePeriodSeconds": -1}),
          "spec.trainer.terminationGracePeriodSeconds"),
     Case("a negative start-up deadline", spec(startupDeadlineSeconds=-5), "spec.startupDeadlineSeconds"),
+    Case("an exit code out of range", spec(failOnExitCodes=[256]), "spec.failOnExitCodes[0]"),
     Case("a zero active deadline", spec(activeDeadlineSeconds=0), "spec.activeDeadlineSeconds"),
     Case("an image pull secret that is no name", spec(imagePullSecrets=["Not A Name"]), "spec.imagePullSecrets[0]"),
 

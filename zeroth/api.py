@@ -594,6 +594,9 @@ class ReasoningRunSpec(Spec):
     """true: delete the pods and keep config and checkpoints; false again resumes from the last checkpoint."""
     backoff_limit: int = Field(default=3, ge=0, le=100)
     """Gang restarts allowed before the run is Failed."""
+    fail_on_exit_codes: list[Annotated[int, Field(ge=1, le=255)]] = Field(default_factory=list, max_length=32)
+    """Exit codes of a trainer container that fail the run at once, with no gang restart (a bad
+    config the trainer detected; Job's podFailurePolicy FailJob)."""
     startup_deadline_seconds: int | None = Field(default=None, ge=1)
     """Seconds the run's pods have to start (from the run's start, a gang restart or a resume) before
     the run is Failed with what held them back: an image that never pulls, a Secret that never

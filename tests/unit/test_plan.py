@@ -392,3 +392,20 @@ def test_pods_still_terminating_from_a_suspension_are_no_disruption_of_the_resum
         q["metadata"]["deletionTimestamp"] = "2026-11-24T11:59:00Z"
     p = planning.plan(RUN, spec(), suspended, 1, leaving, NOW)
     assert p.status["restarts"] == 0 and p.status["disruptions"] == 0 and p.status["startedAttempt"] is None
+
+
+def test_an_exit_code_the_spec_lists_fails_the_run_at_once():
+    m = minimal_manifest(RUN)
+    m["spec"].update(trainer={"replicas": 2, "gpusPerReplica": 0}, rollout={"replicas": 2, "gpusPerReplica": 0, "engine": "hf"},
+                     failOnExitCodes=[3], backoffLimit=5)
+    strict = validation.validate(m).spec
+    running = {"phase": "Running", "restarts": 0}
+    for code, phase in ((3, "Failed"), (1, "Running")):
+        pods = gang()
+        pods[1] = pod(f"{RUN}-trainer-1", "trainer", 1, phase="Failed", exit_code=code)
+        p = planning.plan(RUN, strict, running, 1, pods, NOW)
+        if phase == "Failed":
+            assert p.status["phase"] == "Failed" and p.status["restarts"] == 0
+            assert "exit code 3" in p.status["message"] and "failOnExitCodes" in p.status["message"]
+        else:  # any other code: the usual gang restart
+            assert p.status["restarts"] == 1 and p.status["phase"] != "Failed"
