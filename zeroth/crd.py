@@ -27,8 +27,9 @@ def structural_schema(model: type[api.BaseModel]) -> dict[str, Any]:
 
 
 def _factory_default(model: type[BaseModel] | None, alias: str) -> Any:
-    """The default of a field whose default is a factory of a nested model: the whole defaulted
-    object (the API server checks defaults against CEL rules as they are, unfilled)."""
+    """The default of a field whose default is a factory: of a nested model, the whole defaulted
+    object (the API server checks defaults against CEL rules as they are, unfilled); of a list or a
+    map, the empty one."""
     if model is None:
         return None
     field = next((f for n, f in model.model_fields.items() if (f.alias or n) == alias), None)
@@ -37,6 +38,8 @@ def _factory_default(model: type[BaseModel] | None, alias: str) -> Any:
     value = field.default_factory()
     if isinstance(value, BaseModel):
         return value.model_dump(by_alias=True, exclude_none=True, mode="json")
+    if isinstance(value, list | dict):  # an empty list or map: stored as the local model has it
+        return value
     return None
 
 

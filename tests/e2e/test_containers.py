@@ -292,6 +292,11 @@ def test_countdown_in_containers_killed_and_suspended(crd, operator_ns, namespac
     # a real kill: the pod deleted, its container stopped by the kubelet; the gang restarts
     c.kubectl("delete", "pod", f"{name}-trainer-1", "-n", ns, "--wait=false")
     wait_for("status.restarts 1", lambda: phase(c, ns, name).get("restarts", 0) >= 1, 300, explain)
+    # the gang restarts at once on the deletion (a disruption), while the old rank 0 may still
+    # finish a step: count steps from when the new gang runs
+    new_gang = f"{selector},zeroth.dev/role=trainer,zeroth.dev/attempt=1"
+    wait_for("the new gang running", lambda: [p["status"].get("phase") for p in pods(c, ns, new_gang)
+                                              if not p["metadata"].get("deletionTimestamp")] == ["Running"] * 2, 600, explain)
     seen = len(metric_steps(run_dir))
     wait_for("a step after the restart", lambda: len(metric_steps(run_dir)) > seen, 900, explain)
 
