@@ -48,6 +48,7 @@ _phases: dict[tuple[str, str], str] = {}
 _namespaces: set[str] = set()  # every namespace a run was seen in, so a count can drop to 0
 _ensured: set[str] = set()  # uids whose non-pod children were created by this process
 _failures: dict[tuple[str, str], int] = {}
+_requeues: dict[tuple[str, str], threading.Timer] = {}  # the pending deadline pass of each run
 _frozen_runs: dict[str, api.ReasoningRun] = {}  # by uid: each run's config as its ConfigMap froze it
 RETRY_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
@@ -122,6 +123,9 @@ def run_event(event: dict[str, Any], namespace: str, name: str, **_: Any) -> Non
         with _locks[(namespace, name)]:  # after a pass in flight, which would record the phase again
             _phases.pop((namespace, name), None)  # the garbage collector deletes the children
             _frozen_runs.pop(event["object"]["metadata"]["uid"], None)
+            pending = _requeues.pop((namespace, name), None)
+            if pending:
+                pending.cancel()
             _publish_phases()
         return
     reconcile(namespace, name)
@@ -263,8 +267,11 @@ def _reconcile(namespace: str, name: str) -> None:
         _create(obj)
     for ev in p.events:
         _post_event(body, ev, now)
-    if p.requeue_after is not None:  # a deadline falls due with no event to say so
-        later = threading.Timer(p.requeue_after + 1.0, _quietly, (namespace, name))
+    if p.requeue_after is not None:  # a deadline falls due with no event to say so: one timer a run
+        key = (namespace, name)
+        if key in _requeues:
+            _requeues[key].cancel()
+        _requeues[key] = later = threading.Timer(p.requeue_after + 1.0, _quietly, key)
         later.daemon = True
         later.start()
     _phases[(namespace, name)] = p.status["phase"]
@@ -275,7 +282,7 @@ def _post_event(body: dict[str, Any], ev: planning.Event, now: datetime) -> None
     """A core/v1 Event on the run, posted with our own client: from any thread (kopf.event works
     only inside kopf's handler context, not in our retries and resync), and best-effort, as kopf's."""
     meta = body["metadata"]
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = planning.stamp(now)
     event = {
         "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
         "involvedObject": {"apiVersion": body["apiVersion"], "kind": body["kind"], "name": meta["name"],
@@ -313,7 +320,8 @@ def _frozen(live: api.ReasoningRun, uid: str) -> api.ReasoningRun:
     it never changes), with the live replicas and suspend."""
     frozen = _frozen_runs.get(uid)
     if frozen is None:
-        cm = builders.config_map(builders.with_gpu_node_selector(live, _settings["gpu_node_selector"]), uid)
+        resolved = builders.with_gpu_node_selector(live, _settings["gpu_node_selector"])
+        cm = builders.config_map(resolved, uid)
         try:
             stored = _clients["core"].read_namespaced_config_map(cm["metadata"]["name"], live.metadata.namespace)
             frozen = validation.validate(json.loads(stored.data[builders.CONFIG_KEY]), source=cm["metadata"]["name"])
@@ -321,7 +329,7 @@ def _frozen(live: api.ReasoningRun, uid: str) -> api.ReasoningRun:
             if e.status != 404:
                 raise
             _create(cm)
-            frozen = validation.validate(json.loads(cm["data"][builders.CONFIG_KEY]), source=cm["metadata"]["name"])
+            frozen = resolved
         _frozen_runs[uid] = frozen
     rollout = frozen.spec.rollout.model_copy(update={"replicas": live.spec.rollout.replicas})
     spec = frozen.spec.model_copy(update={"rollout": rollout, "suspend": live.spec.suspend})

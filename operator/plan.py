@@ -256,8 +256,8 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
         "trainer": {"desired": n_trainers, "ready": trainer_ready},
         "rollout": {"desired": n_rollouts, "ready": rollout_ready, "selector": rollout_selector(name)},
         "conditions": conditions(status.get("conditions") or [], phase, message, generation, now, stalled),
-        "startTime": status.get("startTime") or _stamp(now),
-        "completionTime": status.get("completionTime") or (_stamp(now) if finished else None),
+        "startTime": status.get("startTime") or stamp(now),
+        "completionTime": status.get("completionTime") or (stamp(now) if finished else None),
     }
     if phase != old_phase:
         kind = "Warning" if phase == "Failed" else "Normal"
@@ -302,7 +302,7 @@ def conditions(old: list[dict[str, Any]], phase: str, message: str, generation: 
         prev = before.get(kind) or {}
         since = prev.get("lastTransitionTime") if prev.get("status") == value else None
         out.append({"type": kind, "status": value, "reason": reason, "message": text,
-                    "lastTransitionTime": since or _stamp(now), "observedGeneration": generation})
+                    "lastTransitionTime": since or stamp(now), "observedGeneration": generation})
     return out
 
 
@@ -317,12 +317,13 @@ def _waiting_since(status: dict[str, Any]) -> str | None:
     return max((t for t in times if t), default=None)
 
 
-def _seconds_since(stamp: str | None, now: datetime) -> float:
-    """Seconds from an RFC 3339 status time (`_stamp`'s form) to `now`; 0 when there is none yet."""
-    if not stamp:
+def _seconds_since(when: str | None, now: datetime) -> float:
+    """Seconds from an RFC 3339 status time (`stamp`'s form) to `now`; 0 when there is none yet."""
+    if not when:
         return 0.0
-    return (now - datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)).total_seconds()
+    return (now - datetime.strptime(when, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)).total_seconds()
 
 
-def _stamp(t: datetime) -> str:
+def stamp(t: datetime) -> str:
+    """A status or Event time as the API writes it (RFC 3339, seconds, UTC)."""
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
