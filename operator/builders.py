@@ -60,12 +60,15 @@ WAIT_FOR_HEAD_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limi
 # ---------------------------------------------------------------------------------- names, labels
 
 
-def config_map_name(name: str) -> str:
-    return f"{name}-config"
+def config_map_name(name: str, generation: int | None = None) -> str:
+    """The run's first frozen config; one per later freeze, by the generation it froze."""
+    return f"{name}-config" + (f"-{generation}" if generation is not None else "")
 
 
-def token_secret_name(name: str) -> str:
-    return f"{name}-ray-token"
+def token_secret_name(name: str, uid: str) -> str:
+    """Keyed by the run's uid as well: the operator may create Secrets but never read one, so it could
+    not tell an earlier same-named run's token (still being collected) from its own."""
+    return f"{name}-ray-token-{uid[:8]}"
 
 
 def trainer_service_name(name: str) -> str:
@@ -152,17 +155,31 @@ def run_document(run: api.ReasoningRun) -> dict[str, Any]:
     }
 
 
-def config_map(run: api.ReasoningRun, uid: str) -> dict[str, Any]:
-    """Frozen at creation (immutable): later spec edits never change what a restarted gang reads."""
+def config_map(run: api.ReasoningRun, uid: str, name: str | None = None) -> dict[str, Any]:
+    """Frozen at creation (immutable): a later edit reaches the pods only through a new one, made
+    while the run is suspended (`refrozen`), never by rewriting what a restarted gang reads."""
     body = json.dumps(run_document(run), indent=2, sort_keys=True) + "\n"
-    return _object("v1", "ConfigMap", _metadata(run, uid, config_map_name(run.metadata.name)),
+    return _object("v1", "ConfigMap", _metadata(run, uid, name or config_map_name(run.metadata.name)),
                    immutable=True, data={CONFIG_KEY: body})
+
+
+def refrozen(frozen: api.ReasoningRun, live: api.ReasoningRun, paths: tuple[str, ...]) -> api.ReasoningRun:
+    """The frozen run with the live run's values at `paths` (api.LIVE: what acts at once; with
+    api.WHILE_SUSPENDED: the config frozen again while suspended) and the live metadata. A role's
+    gpuNodeSelector the live spec leaves unset keeps the frozen one: the operator's default when the
+    run started."""
+    spec = api.with_values(frozen.spec, live.spec, paths)
+    for role in ("trainer", "rollout"):
+        if getattr(live.spec, role).gpu_node_selector is None:
+            kept = getattr(frozen.spec, role).gpu_node_selector
+            spec = spec.model_copy(update={role: getattr(spec, role).model_copy(update={"gpu_node_selector": kept})})
+    return frozen.model_copy(update={"spec": spec, "metadata": live.metadata})
 
 
 def ray_token_secret(run: api.ReasoningRun, uid: str, token: str) -> dict[str, Any]:
     """The token comes from the caller, so this stays pure; `data`, not `stringData`, as read back."""
     encoded = base64.b64encode(token.encode()).decode()
-    return _object("v1", "Secret", _metadata(run, uid, token_secret_name(run.metadata.name)),
+    return _object("v1", "Secret", _metadata(run, uid, token_secret_name(run.metadata.name, uid)),
                    type="Opaque", immutable=True, data={TOKEN_KEY: encoded})
 
 
@@ -347,10 +364,10 @@ def _scratch() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return volumes, mounts
 
 
-def _token_env(name: str) -> list[dict[str, Any]]:
+def _token_env(name: str, uid: str) -> list[dict[str, Any]]:
     return [
         {"name": "RAY_AUTH_MODE", "value": "token"},
-        {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_secret_name(name), "key": TOKEN_KEY}}},
+        {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_secret_name(name, uid), "key": TOKEN_KEY}}},
         {"name": "HOME", "value": HOME},
     ]
 
@@ -420,13 +437,19 @@ def _data_volumes(run: api.ReasoningRun) -> tuple[list[dict[str, Any]], list[dic
     return volumes, mounts
 
 
-def trainer_command(run: api.ReasoningRun, rank: int) -> list[str]:
+def run_directory(root: str, name: str, uid: str) -> str:
+    """A run's directory under a checkpoint or export path: keyed by its uid, so that a run deleted and
+    created again with the same name on a shared volume starts afresh, never from the old checkpoints."""
+    return f"{root.rstrip('/')}/{name}/{uid}"
+
+
+def trainer_command(run: api.ReasoningRun, rank: int, uid: str) -> list[str]:
     """One process per pod when G = 1; torchrun starting G processes (one per GPU) otherwise."""
     spec, name = run.spec, run.metadata.name
     module = [
         "-m", "zeroth.trainer.main", "--config", CONFIG_FILE,
-        "--run-dir", f"{spec.checkpoint.path.rstrip('/')}/{name}",
-        "--export-dir", f"{spec.export.path.rstrip('/')}/{name}",
+        "--run-dir", run_directory(spec.checkpoint.path, name, uid),
+        "--export-dir", run_directory(spec.export.path, name, uid),
         "--metrics-addr", "0.0.0.0", "--metrics-port", str(METRICS_PORT),
     ]
     g = max(spec.trainer.gpus_per_replica, 1)
@@ -443,7 +466,7 @@ def trainer_command(run: api.ReasoningRun, rank: int) -> list[str]:
     ]
 
 
-def trainer_env(run: api.ReasoningRun, rank: int) -> list[dict[str, Any]]:
+def trainer_env(run: api.ReasoningRun, rank: int, uid: str) -> list[dict[str, Any]]:
     """The standard rendezvous variables for the pod's first process; torchrun overrides the
     per-process ones (RANK, LOCAL_RANK, WORLD_SIZE) when G > 1."""
     name, ns = run.metadata.name, run.metadata.namespace
@@ -461,11 +484,13 @@ def trainer_env(run: api.ReasoningRun, rank: int) -> list[dict[str, Any]]:
         "ZEROTH_RUN": name,
         "ZEROTH_NAMESPACE": ns,
     }
-    return [{"name": k, "value": v} for k, v in values.items()] + _token_env(name)
+    return [{"name": k, "value": v} for k, v in values.items()] + _token_env(name, uid)
 
 
-def trainer_pod(run: api.ReasoningRun, uid: str, rank: int, attempt: int, resumes: int = 0) -> dict[str, Any]:
-    """Rank `rank` of gang attempt `attempt`; only rank 0 gets an API token (to write progress)."""
+def trainer_pod(run: api.ReasoningRun, uid: str, rank: int, attempt: int, resumes: int = 0,
+                config: str | None = None) -> dict[str, Any]:
+    """Rank `rank` of gang attempt `attempt`, reading the frozen config `config` (default: the
+    first); only rank 0 gets an API token (to write progress)."""
     name, trainer = run.metadata.name, run.spec.trainer
     if not 0 <= rank < trainer.replicas:
         raise ValueError(f"rank {rank} outside 0..{trainer.replicas - 1}")
@@ -473,14 +498,14 @@ def trainer_pod(run: api.ReasoningRun, uid: str, rank: int, attempt: int, resume
     metadata = _pod_metadata(run, uid, pod_name, ROLE_TRAINER, {LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)},
                              resumes, trainer)
     data_volumes, data_mounts = _data_volumes(run)
-    volumes = [{"name": "config", "configMap": {"name": config_map_name(name)}}] + data_volumes
+    volumes = [{"name": "config", "configMap": {"name": config or config_map_name(name)}}] + data_volumes
     mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}] + data_mounts
     container = _with_user_env({
         "name": "trainer",
         "image": run.spec.trainer_image(),
         "imagePullPolicy": trainer.image_pull_policy,
-        "command": trainer_command(run, rank),
-        "env": trainer_env(run, rank),
+        "command": trainer_command(run, rank, uid),
+        "env": trainer_env(run, rank, uid),
         "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"},
                   {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
         "resources": _resources(trainer, trainer.gpus_per_replica),
@@ -503,7 +528,7 @@ def ray_head_pod(run: api.ReasoningRun, uid: str, resumes: int = 0) -> dict[str,
         "imagePullPolicy": rollout.image_pull_policy,
         "command": ["ray", "start", "--head", f"--port={GCS_PORT}", "--num-cpus=0", "--num-gpus=0",
                     "--include-dashboard=false", "--disable-usage-stats", "--block"],
-        "env": _token_env(name),
+        "env": _token_env(name, uid),
         "ports": [{"name": "gcs", "containerPort": GCS_PORT, "protocol": "TCP"}],
         "resources": copy.deepcopy(RAY_HEAD_RESOURCES),
     }
@@ -533,7 +558,7 @@ def cpu_count(quantity: int | str) -> int:
     return max(1, math.ceil(value))
 
 
-def wait_for_head_container(run: api.ReasoningRun) -> dict[str, Any]:
+def wait_for_head_container(run: api.ReasoningRun, uid: str) -> dict[str, Any]:
     """Holds a rollout pod until the Ray head's GCS answers, so a head that starts slowly (a loaded
     node, a cold image) never makes `ray start` give up and the pod restart."""
     address = f"{ray_head_name(run.metadata.name)}.{run.metadata.namespace}.svc:{GCS_PORT}"
@@ -544,7 +569,7 @@ def wait_for_head_container(run: api.ReasoningRun) -> dict[str, Any]:
         "image": run.spec.rollout_image(),
         "imagePullPolicy": run.spec.rollout.image_pull_policy,
         "command": ["sh", "-c", script],
-        "env": _token_env(run.metadata.name),
+        "env": _token_env(run.metadata.name, uid),
         "resources": copy.deepcopy(WAIT_FOR_HEAD_RESOURCES),
     }
 
@@ -570,14 +595,14 @@ def rollout_pod(run: api.ReasoningRun, uid: str, index: int, resumes: int = 0) -
         "image": run.spec.rollout_image(),
         "imagePullPolicy": rollout.image_pull_policy,
         "command": rollout_command(run),
-        "env": _token_env(name),
+        "env": _token_env(name, uid),
         "resources": _resources(rollout, rollout.gpus_per_replica),
     }, rollout)
     extra = _placement(rollout, rollout.gpus_per_replica)
     if rollout.runtime_class_name:
         extra["runtimeClassName"] = rollout.runtime_class_name
     return _pod(run, uid, metadata, container, [], restart_policy="Always", placement=rollout, extra=extra,
-                init=wait_for_head_container(run))
+                init=wait_for_head_container(run, uid))
 
 
 # ----------------------------------------------------------------------------------------- groups

@@ -4,7 +4,7 @@ Run with `kopf run --standalone --all-namespaces -m zeroth.operator.handlers` (t
 command). Every watch event of a run, and of any pod it owns, reconciles that run; kopf's first
 listing after a (re)start delivers every object once, so a restarted operator converges without
 any memory of its own. Reconciling is idempotent: children have fixed names and are created only
-when missing (an AlreadyExists answer means done), pods are deleted by name, and the status write
+when missing (an AlreadyExists answer means done, once the existing one's owner is the run), pods are deleted by name, and the status write
 depends only on what the API server holds (see `plan`). That write carries the resourceVersion the
 pass read: if the run changed since (a trainer's progress patch, another operator during a rolling
 update), the API server answers 409 and the pass starts again from a fresh read.
@@ -15,9 +15,16 @@ a watch stream that goes quiet for longer than ZEROTH_WATCH_IDLE_SECONDS is drop
 again; an API server or etcd that is away makes passes fail, and they are retried with backoff and
 by the periodic resync (tests/integration/test_control_plane_faults.py).
 
-The run's config is frozen in its ConfigMap when the run is first seen: pods are always built from
-that copy, and later spec edits act only through `spec.rollout.replicas` (the scale subresource)
-and `spec.suspend`.
+The run's config is frozen in its ConfigMap when the run is first seen, and pods are always built
+from the frozen copy. Edits act by the field's policy (zeroth/api.py: LIVE, WHILE_SUSPENDED,
+IMMUTABLE, enforced by the CRD's CEL rules): the LIVE ones at once; the pod settings, which the API
+accepts only while the run is suspended, by freezing the config again in a new ConfigMap
+(`status.config`) before the resume creates any pod. `status.observedGeneration` reaches a
+generation only once all of it has been acted on.
+
+Identity is the run's uid, never its name alone: a child of the run's name that another run
+controls (an earlier run of the same name, deleted and still being collected) is never adopted,
+and the run waits for it to go (operator/plan.py; `EarlierRunTerminating`).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ _namespaces: set[str] = set()  # every namespace a run was seen in, so a count c
 _ensured: set[str] = set()  # uids whose non-pod children were created by this process
 _failures: dict[tuple[str, str], int] = {}
 _requeues: dict[tuple[str, str], threading.Timer] = {}  # the pending deadline pass of each run
-_frozen_runs: dict[str, api.ReasoningRun] = {}  # by uid: each run's config as its ConfigMap froze it
+_frozen_runs: dict[tuple[str, str], api.ReasoningRun] = {}  # by (uid, ConfigMap): each config as frozen
 RETRY_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
 CONFLICT_RETRIES = 10  # passes started again at once on a 409 before the pass counts as failed
@@ -81,6 +88,11 @@ API_TIMEOUT_SECONDS = (10.0, float(os.environ.get("ZEROTH_API_TIMEOUT_SECONDS", 
 
 class _StaleRead(Exception):
     """The run changed between this pass's read and its status write (409 Conflict)."""
+
+
+class _EarlierChild(Exception):
+    """A child of the run's name exists but another run controls it: an earlier run of the same
+    name, deleted and still being collected. It is never adopted; the run waits for it to go."""
 
 
 class _BoundedApiClient(client.ApiClient):
@@ -122,7 +134,9 @@ def run_event(event: dict[str, Any], namespace: str, name: str, **_: Any) -> Non
     if event.get("type") == "DELETED":
         with _locks[(namespace, name)]:  # after a pass in flight, which would record the phase again
             _phases.pop((namespace, name), None)  # the garbage collector deletes the children
-            _frozen_runs.pop(event["object"]["metadata"]["uid"], None)
+            uid = event["object"]["metadata"]["uid"]
+            for key in [k for k in _frozen_runs if k[0] == uid]:
+                _frozen_runs.pop(key, None)
             pending = _requeues.pop((namespace, name), None)
             if pending:
                 pending.cancel()
@@ -226,16 +240,32 @@ def _reconcile(namespace: str, name: str) -> None:
         return
     uid = body["metadata"]["uid"]
     live = validation.validate({k: v for k, v in body.items() if k != "status"}, source=f"{namespace}/{name}")
-    run = _frozen(live, uid)
-
     status = body.get("status") or {}
-    if uid not in _ensured and status.get("phase") not in planning.TERMINAL:
-        _ensure_children(run, uid)
-        _ensured.add(uid)
+    generation = body["metadata"].get("generation")
+    earlier: list[str] = []  # children of the run's names that another run controls
+    config = status.get("config") or builders.config_map_name(name)
+    observed = generation
+    try:
+        frozen = _frozen(live, uid, config)
+        run = builders.refrozen(frozen, live, api.LIVE)  # what the run does now
+        edited = builders.refrozen(frozen, live, api.LIVE + api.WHILE_SUSPENDED)
+        if edited.spec != run.spec:  # an edit made while suspended (the API refuses it otherwise)
+            if status.get("phase") not in planning.TERMINAL and (live.spec.suspend or status.get("phase") == "Suspended"):
+                config = builders.config_map_name(name, generation)  # no pod reads it before the resume
+                run = _frozen(edited, uid, config)
+            else:  # not acted on yet: a run still running when the CRD had no rules to refuse it
+                observed = status.get("observedGeneration")
+    except _EarlierChild as e:
+        run, earlier = builders.with_gpu_node_selector(live, _settings["gpu_node_selector"]), [str(e)]
+    if not earlier and uid not in _ensured and status.get("phase") not in planning.TERMINAL:
+        earlier = _ensure_children(run, uid)
+        if not earlier:
+            _ensured.add(uid)
     listed = core.list_namespaced_pod(namespace, label_selector=f"{builders.LABEL_RUN}={name}").items
     pods = [_clients["api"].sanitize_for_serialization(p) for p in listed]
     now = datetime.now(timezone.utc)
-    p = planning.plan(name, run.spec, status, body["metadata"].get("generation"), pods, now)
+    p = planning.plan(name, uid, run.spec, status, observed, pods, now, tuple(earlier))
+    p.status["config"] = config
 
     # status first: a restart's new attempt number must be stored before its pods change
     if any(status.get(k) != v for k, v in p.status.items()):
@@ -259,7 +289,7 @@ def _reconcile(namespace: str, name: str) -> None:
     attempt, resumes = p.status["restarts"], p.status["resumes"]
     for role, number in p.create:
         if role == builders.ROLE_TRAINER:
-            obj = builders.trainer_pod(run, uid, number, attempt, resumes)
+            obj = builders.trainer_pod(run, uid, number, attempt, resumes, config=config)
         elif role == builders.ROLE_ROLLOUT:
             obj = builders.rollout_pod(run, uid, number, resumes)
         else:
@@ -315,32 +345,75 @@ def _patch_pod(namespace: str, name: str, patch: dict[str, Any]) -> None:
             raise
 
 
-def _frozen(live: api.ReasoningRun, uid: str) -> api.ReasoningRun:
-    """The run as frozen in its ConfigMap (written now if missing; read once per run and process:
-    it never changes), with the live replicas and suspend."""
-    frozen = _frozen_runs.get(uid)
+def _frozen(run: api.ReasoningRun, uid: str, config: str) -> api.ReasoningRun:
+    """The run as frozen in ConfigMap `config`: read once per process (it never changes), or, when
+    missing, written now from `run` (the operator's GPU node selector filled in where unset).
+    Raises _EarlierChild when another run owns a ConfigMap of that name."""
+    frozen = _frozen_runs.get((uid, config))
     if frozen is None:
-        resolved = builders.with_gpu_node_selector(live, _settings["gpu_node_selector"])
-        cm = builders.config_map(resolved, uid)
+        resolved = builders.with_gpu_node_selector(run, _settings["gpu_node_selector"])
         try:
-            stored = _clients["core"].read_namespaced_config_map(cm["metadata"]["name"], live.metadata.namespace)
-            frozen = validation.validate(json.loads(stored.data[builders.CONFIG_KEY]), source=cm["metadata"]["name"])
+            stored = _clients["core"].read_namespaced_config_map(config, run.metadata.namespace)
+            if _controller(stored) != uid:
+                raise _EarlierChild(f"ConfigMap {config}")
+            frozen = validation.validate(json.loads(stored.data[builders.CONFIG_KEY]), source=config)
         except ApiException as e:
             if e.status != 404:
                 raise
-            _create(cm)
+            _create(builders.config_map(resolved, uid, config))
             frozen = resolved
-        _frozen_runs[uid] = frozen
-    rollout = frozen.spec.rollout.model_copy(update={"replicas": live.spec.rollout.replicas})
-    spec = frozen.spec.model_copy(update={"rollout": rollout, "suspend": live.spec.suspend})
-    return frozen.model_copy(update={"spec": spec, "metadata": live.metadata})
+        _frozen_runs[(uid, config)] = frozen
+    return frozen.model_copy(update={"metadata": run.metadata})
 
 
-def _ensure_children(run: api.ReasoningRun, uid: str) -> None:
-    """Every child that is not a pod, created when missing (never read back, never rewritten)."""
+def _controller(obj: Any) -> str | None:
+    """The uid of the object's controller (a client model or a dict), None when it has none."""
+    refs = obj["metadata"].get("ownerReferences") if isinstance(obj, dict) else obj.metadata.owner_references
+    for ref in refs or []:
+        controller, ref_uid = (ref.get("controller"), ref.get("uid")) if isinstance(ref, dict) else (ref.controller, ref.uid)
+        if controller:
+            return ref_uid
+    return None
+
+
+def _ensure_children(run: api.ReasoningRun, uid: str) -> list[str]:
+    """Every child that is not a pod, created when missing and never rewritten. One that exists
+    already is read back for its owner only: the names of those another run controls (an earlier
+    run of the same name), for the run to wait on. The Secret's name carries the uid instead: the
+    operator may not read Secrets."""
+    earlier = []
     for obj in builders.support_objects(run, uid, token=secrets.token_hex(32), pod_monitor=_has_pod_monitor()):
-        if obj["kind"] != "ConfigMap":  # written by _frozen
-            _create(obj)
+        if obj["kind"] == "ConfigMap":  # written by _frozen
+            continue
+        if not _create(obj) and obj["kind"] != "Secret" and _controller(_read(obj)) != uid:
+            earlier.append(f"{obj['kind']} {obj['metadata']['name']}")
+    return earlier
+
+
+_READ = {
+    "ServiceAccount": ("core", "read_namespaced_service_account"),
+    "Service": ("core", "read_namespaced_service"),
+    "Role": ("rbac", "read_namespaced_role"),
+    "RoleBinding": ("rbac", "read_namespaced_role_binding"),
+    "NetworkPolicy": ("networking", "read_namespaced_network_policy"),
+}
+
+
+def _read(obj: dict[str, Any]) -> dict[str, Any]:
+    """A child as stored, as a dict; {"metadata": {}} if it went meanwhile (it is then no one's)."""
+    meta = obj["metadata"]
+    try:
+        if obj["kind"] == "PodMonitor":
+            group, version = obj["apiVersion"].split("/")
+            return _clients["custom"].get_namespaced_custom_object(group, version, meta["namespace"], "podmonitors",
+                                                                   meta["name"])
+        api_name, method = _READ[obj["kind"]]
+        stored = getattr(_clients[api_name], method)(meta["name"], meta["namespace"])
+        return _clients["api"].sanitize_for_serialization(stored)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+        return {"metadata": {}}
 
 
 _CREATE = {
@@ -355,7 +428,8 @@ _CREATE = {
 }
 
 
-def _create(obj: dict[str, Any]) -> None:
+def _create(obj: dict[str, Any]) -> bool:
+    """Creates `obj`; False when it existed already (whoever made it)."""
     namespace = obj["metadata"]["namespace"]
     try:
         if obj["kind"] == "PodMonitor":
@@ -365,11 +439,12 @@ def _create(obj: dict[str, Any]) -> None:
             api_name, method = _CREATE[obj["kind"]]
             getattr(_clients[api_name], method)(namespace, obj)
     except ApiException as e:
-        if e.status == 409:  # AlreadyExists: created before (by us, before a restart)
-            return
+        if e.status == 409:  # AlreadyExists: created before (by us, before a restart, or by another run)
+            return False
         if e.status == 403 and _namespace_terminating(e):  # the run goes with its namespace: nothing to do
-            return
+            return True
         raise
+    return True
 
 
 def _namespace_terminating(e: ApiException) -> bool:

@@ -25,6 +25,7 @@ from zeroth.operator.builders import (LABEL_ATTEMPT, LABEL_INDEX, LABEL_RANK, LA
                                       ROLE_TRAINER, ray_head_name, rollout_pod_name, rollout_selector, trainer_pod_name)
 
 TERMINAL = ("Succeeded", "Failed")
+EARLIER_RUN_POLL_SECONDS = 5.0  # how often a run held back by another run's children looks again
 ACTIVE = ("Pending", "Initializing", "Running")
 
 
@@ -45,6 +46,7 @@ class PodState:
     held: tuple[str, str] | None  # what keeps it from running: (reason, message), e.g. ("ErrImagePull", ...)
     disrupted: bool  # taken away rather than failed: evicted, preempted, its node lost (DisruptionTarget)
     exit_code: int | None  # of its first terminated container
+    owner: str | None  # the uid of the run that controls it (its controller ownerReference)
 
     @classmethod
     def of(cls, pod: dict[str, Any]) -> PodState:
@@ -57,7 +59,8 @@ class PodState:
                    phase=status.get("phase", "Pending"), scheduled=bool(spec.get("nodeName")),
                    gated=tuple(g["name"] for g in spec.get("schedulingGates") or []), ready=ready,
                    terminating=bool(meta.get("deletionTimestamp")), reason=_ended_reason(status), held=_held(status),
-                   disrupted=_disrupted(status), exit_code=_exit_code(status))
+                   disrupted=_disrupted(status), exit_code=_exit_code(status),
+                   owner=next((r.get("uid") for r in meta.get("ownerReferences") or [] if r.get("controller")), None))
 
 
 def _exit_code(status: dict[str, Any]) -> int | None:
@@ -128,8 +131,13 @@ class Plan:
     requeue_after: float | None = None  # seconds: plan again then, event or not (a deadline falls due)
 
 
-def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, generation: int | None,
-         pods: list[dict[str, Any]], now: datetime) -> Plan:
+def plan(name: str, uid: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, generation: int | None,
+         pods: list[dict[str, Any]], now: datetime, earlier: tuple[str, ...] = ()) -> Plan:
+    """`pods` are those labelled with the run's name; only those the run `uid` controls are its own.
+    Any other (an earlier run of the same name, still being collected; a pod made by hand) is never
+    adopted, and while one exists no pod is created: their names, host names and Service would be
+    shared. `earlier` names other children of the run's names that belong to another run (found by
+    the handlers); they hold the run back the same way."""
     status = dict(status or {})
     old_phase = status.get("phase") or "Pending"
     restarts = int(status.get("restarts") or 0)
@@ -139,14 +147,16 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
     # the attempt whose every rank has been seen running or starting: from then on a rank that goes
     # (deleted, evicted, its node lost) takes the gang with it; a resume starts the count again
     started_attempt = None if resuming else status.get("startedAttempt")
-    states = [PodState.of(p) for p in pods]
+    every = [PodState.of(p) for p in pods]
+    states = [s for s in every if s.owner == uid]
+    foreign = [s for s in every if s.owner != uid]
     live = [s for s in states if not s.terminating]
     trainers = [s for s in states if s.role == ROLE_TRAINER]
     n_trainers, n_rollouts = spec.trainer.replicas, spec.rollout.replicas
     p = Plan()
     phase, message = old_phase, status.get("message") or ""
     stalled: tuple[str, str] | None = None  # (reason, message) of a pod that holds the run back
-    taken = {s.name for s in states}
+    taken = {s.name for s in every}
 
     def delete(where) -> None:
         p.delete.extend(s.name for s in live if where(s) and s.name not in p.delete)
@@ -235,6 +245,17 @@ def plan(name: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, g
                         delete(lambda s: s.phase not in TERMINAL)
                     else:
                         p.requeue_after = startup - waited
+
+    others = [f"pod {s.name}" for s in foreign] + list(earlier)
+    if others and phase not in TERMINAL and not spec.suspend:
+        p.create = []
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        stalled = ("EarlierRunTerminating",
+                   f"waiting for objects of another run named {name} to go (an earlier run still being deleted, or "
+                   f"made by hand: delete any that stay): {shown}")
+        message = stalled[1] if phase == "Pending" and not states else f"{message}; {stalled[1]}"
+        # the garbage collector's deletions of non-pods send no event: look again soon
+        p.requeue_after = min(p.requeue_after or EARLIER_RUN_POLL_SECONDS, EARLIER_RUN_POLL_SECONDS)
 
     finished = phase in TERMINAL
     if deadline is not None and not finished:

@@ -9,6 +9,7 @@ evaluates them as `x-kubernetes-validations`, the local validator with cel-pytho
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal
@@ -111,7 +112,6 @@ StopString = Annotated[str, Field(min_length=1, max_length=128)]
 class ModelSpec(Spec):
     """The policy model to train; fixed for the life of the run."""
 
-    cel_rules = (Rule("self == oldSelf", "model is immutable once the run exists: start a new run"),)
 
     name: str = Field(min_length=1, max_length=512)
     """Hugging Face hub id (`Qwen/Qwen2.5-3B`), a path inside the image or volume, or
@@ -554,6 +554,48 @@ class CostSpec(Spec):
     """ISO 4217 currency code of the price."""
 
 
+# ------------------------------------------------------------------------------------ spec edits
+
+# What an edit of a live run does, field by field (camelCase paths under spec; a path covers what is
+# under it). Every field of the spec is in exactly one of these (tests/unit/test_models.py checks).
+#   LIVE: the operator acts on it at once.
+#   WHILE_SUSPENDED: pod settings; accepted only while the run is suspended (or in the edit that
+#     suspends it), and the pods take them when it resumes: the operator freezes the run's config
+#     again then. Editing them on a running run would mean either ignoring the edit or restarting
+#     the gang behind the user's back; a suspension makes that restart the user's choice.
+#   IMMUTABLE: what the run's training is: its checkpoints depend on it. A new run changes it.
+_ROLE_POD_FIELDS = ("image", "imagePullPolicy", "resources", "nodeSelector", "tolerations", "affinity",
+                    "gpuNodeSelector", "env", "envFrom", "labels", "annotations", "terminationGracePeriodSeconds")
+LIVE = ("suspend", "rollout.replicas", "backoffLimit", "failOnExitCodes", "startupDeadlineSeconds",
+        "activeDeadlineSeconds")
+WHILE_SUSPENDED = (*(f"{role}.{f}" for role in ("trainer", "rollout") for f in _ROLE_POD_FIELDS),
+                   "rollout.runtimeClassName", "queueName", "priorityClassName", "imagePullSecrets", "cost", "eval")
+IMMUTABLE = ("model", "dataset", "verifiers", "algorithm", "checkpoint", "export",
+             "trainer.replicas", "trainer.gpusPerReplica", "trainer.microBatchSize", "trainer.deepspeed",
+             "rollout.gpusPerReplica", "rollout.engine", "rollout.tensorParallelSize", "rollout.gpuMemoryUtilization",
+             "rollout.stop")
+EDIT_NOTES = {
+    "immutable": "Immutable once the run exists: start a new run to change it.",
+    "suspended": "Can change only while the run is suspended (spec.suspend: true); the pods use the new value "
+                 "from the resume on.",
+}
+
+
+def _unchanged(path: str) -> str:
+    """CEL: the field at `path` (under the spec) is as it was, present or absent alike."""
+    new, old = f"self.{path}", f"oldSelf.{path}"
+    return f"(has({new}) == has({old}) && (!has({new}) || {new} == {old}))"
+
+
+def _edit_rules() -> tuple[Rule, ...]:
+    immutable = (Rule(_unchanged(p), f"{p} is immutable once the run exists: start a new run to change it", f".{p}")
+                 for p in IMMUTABLE)
+    suspended = (Rule(f"self.suspend || oldSelf.suspend || {_unchanged(p)}",
+                      f"{p} can change only while the run is suspended (set spec.suspend: true, then edit): "
+                      "the pods take the new value when the run resumes", f".{p}") for p in WHILE_SUSPENDED)
+    return (*immutable, *suspended)
+
+
 class ReasoningRunSpec(Spec):
     """A reinforcement-learning run: train `model` by GRPO on `dataset`, rewarded by `verifiers` alone."""
 
@@ -568,6 +610,7 @@ class ReasoningRunSpec(Spec):
             "rollout.replicas is fixed while queueName is set: Kueue admits the run's pods as one group of fixed size",
             ".rollout.replicas",
         ),
+        *_edit_rules(),
     )
 
     model: ModelSpec
@@ -687,7 +730,11 @@ class ReasoningRunStatus(Status):
     message: str = ""
     """What is happening, for humans."""
     observed_generation: int | None = None
-    """metadata.generation last acted on."""
+    """metadata.generation last acted on in full: an edit of a field that waits for a suspension
+    (see spec) is acted on when the run's config is frozen again with it."""
+    config: str | None = None
+    """The ConfigMap holding the run's frozen config, which its trainer pods read: `NAME-config`,
+    then `NAME-config-GENERATION` after each edit made while suspended."""
     conditions: list[Condition] = Field(default_factory=list)
     """Standard conditions."""
     trainer: ReplicaStatus = Field(default_factory=ReplicaStatus)
@@ -717,6 +764,22 @@ class Metadata(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
     namespace: str = "default"
+
+
+def with_values(spec: ReasoningRunSpec, source: ReasoningRunSpec, paths: tuple[str, ...]) -> ReasoningRunSpec:
+    """`spec` with the fields at `paths` (LIVE, WHILE_SUSPENDED) taken from `source`."""
+    out = spec.model_dump(by_alias=True, mode="json", exclude_none=True)
+    src = source.model_dump(by_alias=True, mode="json", exclude_none=True)
+    for path in paths:
+        *parents, leaf = path.split(".")
+        into, frm = out, src
+        for key in parents:
+            into, frm = into[key], frm[key]
+        if leaf in frm:
+            into[leaf] = frm[leaf]
+        else:
+            into.pop(leaf, None)
+    return ReasoningRunSpec.model_validate_json(json.dumps(out))
 
 
 class ReasoningRun(BaseModel):

@@ -111,8 +111,20 @@ def printer_columns() -> list[dict[str, Any]]:
     ]
 
 
+def _note_edits(spec: dict[str, Any]) -> dict[str, Any]:
+    """Each field's edit policy (api.IMMUTABLE, api.WHILE_SUSPENDED) at the end of its description,
+    for `kubectl explain`."""
+    for paths, note in ((api.IMMUTABLE, api.EDIT_NOTES["immutable"]), (api.WHILE_SUSPENDED, api.EDIT_NOTES["suspended"])):
+        for path in paths:
+            node = spec
+            for key in path.split("."):
+                node = node["properties"][key]
+            node["description"] = f"{node.get('description', '')} {note}".strip()
+    return spec
+
+
 def crd() -> dict[str, Any]:
-    spec = structural_schema(api.ReasoningRunSpec)
+    spec = _note_edits(structural_schema(api.ReasoningRunSpec))
     status = structural_schema(api.ReasoningRunStatus)
     root = {
         "type": "object",

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.cluster
 
 RUNS = 20
 KILLS = 6
-SUPPORT = {"configmap": ["{r}-config"], "secret": ["{r}-ray-token"], "serviceaccount": ["{r}"], "role": ["{r}"],
+SUPPORT = {"configmap": ["{r}-config"], "secret": ["{r}-ray-token-{u}"], "serviceaccount": ["{r}"], "role": ["{r}"],
            "rolebinding": ["{r}"], "service": ["{r}-ray-head", "{r}-trainer"], "networkpolicy": ["{r}"]}
 PODS = ["{r}-ray-head", "{r}-rollout-0", "{r}-trainer-0", "{r}-trainer-1"]
 
@@ -79,7 +79,7 @@ def converge(c: Cluster, ns: str, names: list[str], operator: Operator, timeout:
         by_run.setdefault(run, {}).setdefault(o["kind"].lower(), []).append(o["metadata"]["name"])
     for r in names:
         uid = c.get("reasoningrun", r, "-n", ns)["metadata"]["uid"]
-        want = {kind: sorted(n.format(r=r) for n in ns_) for kind, ns_ in SUPPORT.items()} | {
+        want = {kind: sorted(n.format(r=r, u=uid[:8]) for n in ns_) for kind, ns_ in SUPPORT.items()} | {
             "pod": sorted(n.format(r=r) for n in PODS)}
         got = {kind: sorted(v) for kind, v in by_run.get(r, {}).items()}
         assert got == want, r

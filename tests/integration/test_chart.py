@@ -353,6 +353,9 @@ def test_the_handlers_calls_succeed_with_the_service_accounts_token(crd: Cluster
     as_operator("get", "rr/rbac", "-n", namespace)
     as_operator("get", "rr", "-A")
     as_operator("get", "configmap/rbac-config", "-n", namespace)
+    for obj in children:  # the owner of a child found existing is read (all but the Secret)
+        if obj["kind"] not in ("Secret", "Pod", "ConfigMap"):
+            as_operator("get", "-f", "-", "-o", "name", stdin=json.dumps(obj))
     pods = as_operator("get", "pods", "-A", "-l", f"{builders.LABEL_RUN}=rbac", "-o", "name").stdout.split()
     assert len(pods) == len([c for c in children if c["kind"] == "Pod"])
     as_operator("patch", "rr/rbac", "-n", namespace, "--subresource=status", "--type=merge", "-p", '{"status": {"phase": "Pending"}}')
@@ -365,7 +368,7 @@ def test_the_handlers_calls_succeed_with_the_service_accounts_token(crd: Cluster
     as_operator("delete", pods[0], "-n", namespace, "--wait=false")
 
     refused = [
-        ("get", "secret/rbac-ray-token", "-n", namespace),
+        ("get", f"secret/{builders.token_secret_name('rbac', body['metadata']['uid'])}", "-n", namespace),
         ("get", "nodes"),
         ("create", "role", "wider", "-n", namespace, "--verb=get", "--resource=secrets"),
         ("create", "rolebinding", "admin", "-n", namespace, "--clusterrole=admin", f"--serviceaccount={namespace}:rbac"),

@@ -84,18 +84,85 @@ def test_a_queued_runs_fleet_size_is_fixed(crd: Cluster, namespace: str):
     assert crd.get("rr/queued", "-n", namespace)["spec"]["rollout"]["replicas"] == 1
 
 
-def test_model_is_immutable(crd: Cluster, namespace: str):
-    m = minimal_manifest("immutable")
+# A new value for every field a user may try to edit (each differs from minimal_manifest's): the
+# test below covers api.IMMUTABLE, api.WHILE_SUSPENDED and api.LIVE whole, so a field added to one of
+# them without a value here fails it.
+EDITS = {
+    "model": {"name": "Qwen/Qwen2.5-0.5B"}, "dataset": {"evalSize": 100},
+    "verifiers": [{"name": "countdown", "weight": 2.0}], "algorithm": {"learningRate": 2e-6},
+    "checkpoint": {"everySteps": 10}, "export": {"which": "all"},
+    "trainer.replicas": 2, "trainer.gpusPerReplica": 0, "trainer.microBatchSize": 2,
+    "trainer.deepspeed": {"zeroStage": 3}, "rollout.gpusPerReplica": 2, "rollout.engine": "hf",
+    "rollout.tensorParallelSize": 2, "rollout.gpuMemoryUtilization": 0.5, "rollout.stop": ["</answer>"],
+    **{f"{role}.{field}": value for role in ("trainer", "rollout") for field, value in {
+        "image": "example.com/zeroth:2", "imagePullPolicy": "Always", "resources": {"requests": {"cpu": "2"}},
+        "nodeSelector": {"pool": "a"}, "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"podAntiAffinity": {}}, "gpuNodeSelector": {}, "env": [{"name": "NCCL_DEBUG", "value": "INFO"}],
+        "envFrom": [{"secretRef": {"name": "hf"}}], "labels": {"team": "a"}, "annotations": {"note": "x"},
+        "terminationGracePeriodSeconds": 120}.items()},
+    "rollout.runtimeClassName": "gvisor", "queueName": "team-a", "priorityClassName": "high",
+    "imagePullSecrets": ["regcred"], "cost": {"pricePerGpuHour": 2.5}, "eval": {"everySteps": 10},
+    "suspend": True, "rollout.replicas": 3, "backoffLimit": 5, "failOnExitCodes": [3],
+    "startupDeadlineSeconds": 600, "activeDeadlineSeconds": 3600,
+}
+
+
+def _at(path: str, value) -> dict:
+    """A merge patch setting spec.`path` to `value`."""
+    patch = value
+    for key in reversed(path.split(".")):
+        patch = {key: patch}
+    return {"spec": patch}
+
+
+def _patch(crd: Cluster, namespace: str, name: str, patch: dict):
+    return crd.kubectl("patch", f"rr/{name}", "-n", namespace, "--type=merge", "-p", json.dumps(patch), check=False)
+
+
+def test_each_field_edits_as_its_policy_says(crd: Cluster, namespace: str):
+    """Immutable fields are refused at any time, naming the field; pod settings are refused while
+    the run runs and accepted while it is suspended; the rest is accepted at any time."""
+    m = minimal_manifest("edits")
     crd.apply(m, "-n", namespace)
-    changed = copy.deepcopy(m)
-    changed["spec"]["model"]["name"] = "Qwen/Qwen2.5-3B"
-    proc = crd.apply(changed, "-n", namespace, check=False)
-    assert proc.returncode != 0 and "spec.model" in proc.stderr and "immutable" in proc.stderr
-    # other fields still change
-    changed = copy.deepcopy(m)
-    changed["spec"]["suspend"] = True
-    crd.apply(changed, "-n", namespace)
-    assert crd.get("rr/immutable", "-n", namespace)["spec"]["suspend"] is True
+    wrong = []
+    for path in api.IMMUTABLE:
+        proc = _patch(crd, namespace, "edits", _at(path, EDITS[path]))
+        if proc.returncode == 0 or f"spec.{path}" not in proc.stderr or "immutable" not in proc.stderr:
+            wrong.append((path, "immutable", proc.stderr.strip()[-300:]))
+    for path in api.WHILE_SUSPENDED:
+        proc = _patch(crd, namespace, "edits", _at(path, EDITS[path]))
+        if proc.returncode == 0 or f"spec.{path}" not in proc.stderr or "only while the run is suspended" not in proc.stderr:
+            wrong.append((path, "refused while running", proc.stderr.strip()[-300:]))
+    stored = crd.get("rr/edits", "-n", namespace)
+    assert stored["metadata"]["generation"] == 1  # nothing got through
+    assert _patch(crd, namespace, "edits", {"spec": {"suspend": True}}).returncode == 0
+    for path in (*api.LIVE, *api.WHILE_SUSPENDED):  # (queueName last: it fixes rollout.replicas)
+        proc = _patch(crd, namespace, "edits", _at(path, EDITS[path]))
+        if proc.returncode != 0:
+            wrong.append((path, "accepted while suspended", proc.stderr.strip()[-300:]))
+    for path in api.IMMUTABLE:  # a suspension changes nothing for these
+        proc = _patch(crd, namespace, "edits", _at(path, EDITS[path]))
+        if proc.returncode == 0:
+            wrong.append((path, "immutable while suspended", proc.stdout))
+    assert wrong == [], "\n".join(map(str, wrong))
+    # and in the edit that suspends a running run (the pods go, the new value waits for the resume)
+    crd.apply(minimal_manifest("both"), "-n", namespace)
+    patch = _at("trainer.image", "example.com/zeroth:3")
+    patch["spec"]["suspend"] = True
+    assert _patch(crd, namespace, "both", patch).returncode == 0
+    proc = _patch(crd, namespace, "both", {"spec": {"suspend": False, "trainer": {"image": "example.com/zeroth:4"}}})
+    assert proc.returncode == 0, proc.stderr  # an edit with the resume: it acts on the resume
+    stored = crd.get("rr/both", "-n", namespace)["spec"]
+    assert stored["trainer"]["image"] == "example.com/zeroth:4" and stored["suspend"] is False
+    live = _patch(crd, namespace, "both", {"spec": {"backoffLimit": 9, "rollout": {"replicas": 2}}})
+    assert live.returncode == 0, live.stderr
+
+
+def test_kubectl_explain_says_how_a_field_may_change(crd: Cluster):
+    model = _squash(crd.kubectl("explain", "reasoningrun.spec.model").stdout)
+    assert "Immutable once the run exists" in model
+    image = _squash(crd.kubectl("explain", "reasoningrun.spec.trainer.image").stdout)
+    assert "Can change only while the run is suspended" in image
 
 
 def test_crd_file_is_the_installed_schema(crd: Cluster):

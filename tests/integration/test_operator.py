@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import ROOT, Cluster, Operator, _free_port, minimal_manifest
 from tests.speed import scaled
+from zeroth.operator import builders
 
 pytestmark = pytest.mark.cluster
 
@@ -85,7 +86,7 @@ def test_apply_creates_every_child_schedules_gpu_pods_and_reaches_running(crd, o
     uid = run["metadata"]["uid"]
 
     expected = {
-        "configmap": ["alpha-config"], "secret": ["alpha-ray-token"], "serviceaccount": ["alpha"],
+        "configmap": ["alpha-config"], "secret": [f"alpha-ray-token-{uid[:8]}"], "serviceaccount": ["alpha"],
         "role": ["alpha"], "rolebinding": ["alpha"], "service": ["alpha-ray-head", "alpha-trainer"],
         "networkpolicy": ["alpha"],
         "pod": ["alpha-ray-head", "alpha-rollout-0", "alpha-rollout-1", "alpha-trainer-0", "alpha-trainer-1"],
@@ -149,7 +150,8 @@ def test_suspend_frees_the_pods_keeps_config_and_resume_brings_them_back(crd, op
     wait_for("no pods", lambda: pods_of(c, ns, "nap") == [], operator=operator)
     assert {cond["type"]: cond["status"] for cond in status["conditions"]}["Suspended"] == "True"
     assert c.get("configmap", "nap-config", "-n", ns)["data"]["run.json"]
-    assert c.kubectl("get", "secret", "nap-ray-token", "-n", ns, "-o", "name").stdout.strip() == "secret/nap-ray-token"
+    token = builders.token_secret_name("nap", run_of(c, ns, "nap")["metadata"]["uid"])
+    assert c.kubectl("get", "secret", token, "-n", ns, "-o", "name").stdout.strip() == f"secret/{token}"
 
     c.kubectl("patch", "rr", "nap", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
     wait_for("Running again", phase_is(c, ns, "nap", "Running"), operator=operator)
@@ -232,7 +234,7 @@ RUN_ACCOUNT_TABLE = [
     ("list", "reasoningruns.zeroth.dev", None, False),
     ("get", "pods", None, False),
     ("create", "pods", None, False),
-    ("get", "secrets/{run}-ray-token", None, False),
+    ("get", "secrets/{token}", None, False),
     ("list", "secrets", None, False),
     ("get", "configmaps/{run}-config", None, False),
     ("create", "serviceaccounts/{run}/token", None, False),
@@ -248,7 +250,8 @@ def test_a_runs_service_account_may_write_only_its_own_runs_status(crd, operator
     who = f"system:serviceaccount:{ns}:mine"
     wrong = []
     for verb, target, extra, allowed in RUN_ACCOUNT_TABLE:
-        args = ["auth", "can-i", verb, target.format(run="mine", other="theirs"), "-n", ns, f"--as={who}"]
+        token = builders.token_secret_name("mine", run_of(c, ns, "mine")["metadata"]["uid"])
+        args = ["auth", "can-i", verb, target.format(run="mine", other="theirs", token=token), "-n", ns, f"--as={who}"]
         args += [extra] if extra else []
         proc = c.kubectl(*args, check=False)
         assert proc.returncode in (0, 1), proc.stderr
@@ -424,3 +427,57 @@ def test_a_trainer_pod_deleted_or_evicted_restarts_the_gang_and_never_counts_aga
     status = wait_for("a new gang after the eviction", gang_of(2), timeout=90, operator=operator)
     assert (status["restarts"], status["disruptions"]) == (2, 2)  # backoffLimit 0, and still running
     assert sum(1 for t, r in events_of(c, ns, "shaken") if (t, r) == ("Warning", "GangRestart")) >= 2
+
+
+HOLD = "zeroth.dev/test-hold"  # a finalizer that keeps an object of the deleted run until the test lets go
+
+
+def test_a_run_created_again_under_its_name_never_adopts_the_earlier_runs_children(crd, operator, namespace):
+    """Delete a run and create one with the same name while the first one's pods and config are
+    still being collected: the new run waits (saying why), adopts none of them, and then starts
+    with its own config, its own pods and a run directory of its own."""
+    c, ns = crd, namespace
+    running(c, operator, ns, "twice", trainers=1, trainer_gpus=0, rollouts=1, rollout_gpus=0)
+    old_uid = run_of(c, ns, "twice")["metadata"]["uid"]
+    held = [f"pod/{p['metadata']['name']}" for p in pods_of(c, ns, "twice")] + ["configmap/twice-config"]
+    for obj in held:
+        c.kubectl("patch", obj, "-n", ns, "--type=merge", "-p", json.dumps({"metadata": {"finalizers": [HOLD]}}))
+    # the old trainer finishes as the new run arrives: its Succeeded pod must not end the new run
+    c.kubectl("label", "pod", "twice-trainer-0", "-n", ns, f"{EXIT_ZERO}=true")
+    wait_for("the old trainer Succeeded", lambda: all(p["status"].get("phase") == "Succeeded"
+                                                        for p in pods_of(c, ns, "twice", "trainer")))
+    c.kubectl("delete", "rr", "twice", "-n", ns, "--wait=false")
+    wait_for("the old run gone", lambda: not c.get("rr", "-n", ns)["items"])
+    c.apply(run_manifest("twice", trainers=1, trainer_gpus=0, rollouts=1, rollout_gpus=0,
+                         grpo={"learningRate": 3e-6}), "-n", ns)
+    new_uid = run_of(c, ns, "twice")["metadata"]["uid"]
+    assert new_uid != old_uid
+
+    def stalled():
+        status = run_of(c, ns, "twice").get("status") or {}
+        cond = next((x for x in status.get("conditions") or [] if x["type"] == "Stalled"), {})
+        return status if cond.get("reason") == "EarlierRunTerminating" else None
+    status = wait_for("the new run waiting for the old one's children", stalled, operator=operator)
+    assert status["phase"] == "Pending" and "ConfigMap twice-config" in status["message"], status
+    time.sleep(scaled(3))  # a few passes: still nothing of the new run
+    assert [p["metadata"]["name"] for p in pods_of(c, ns, "twice")
+            if p["metadata"]["ownerReferences"][0]["uid"] == new_uid] == []
+    assert run_of(c, ns, "twice")["status"]["phase"] == "Pending"  # not Succeeded by the old trainer
+    assert ("Warning", "EarlierRunTerminating") in events_of(c, ns, "twice")
+
+    for obj in held:  # the garbage collector may finish now
+        c.kubectl("patch", obj, "-n", ns, "--type=json", "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]',
+                  check=False)
+    wait_for("the new run Running", phase_is(c, ns, "twice", "Running"), timeout=90, operator=operator)
+    config = c.get("configmap", "twice-config", "-n", ns)
+    assert config["metadata"]["ownerReferences"][0]["uid"] == new_uid
+    assert json.loads(config["data"]["run.json"])["spec"]["grpo"]["learningRate"] == 3e-6  # its own spec, not the old
+    for p in pods_of(c, ns, "twice"):
+        assert p["metadata"]["ownerReferences"][0]["uid"] == new_uid
+    trainer = pods_of(c, ns, "twice", "trainer")[0]["spec"]["containers"][0]["command"]
+    run_dir = trainer[trainer.index("--run-dir") + 1]
+    assert run_dir.endswith(f"/twice/{new_uid}")  # never the old run's checkpoints
+    token = {e["name"]: e for e in pods_of(c, ns, "twice", "trainer")[0]["spec"]["containers"][0]["env"]}["RAY_AUTH_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"]["name"] == builders.token_secret_name("twice", new_uid)
+    stalled_now = {x["type"]: x for x in run_of(c, ns, "twice")["status"]["conditions"]}["Stalled"]
+    assert stalled_now["status"] == "False"

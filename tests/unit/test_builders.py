@@ -144,7 +144,7 @@ def test_every_object_has_the_run_labels_and_one_controller_owner(case):
 def test_children_of_the_tiny_example():
     objects = _children(CASES["countdown-tiny"], attempt=3)
     assert [(o["kind"], o["metadata"]["name"]) for o in objects] == [
-        ("ConfigMap", "countdown-tiny-config"), ("Secret", "countdown-tiny-ray-token"),
+        ("ConfigMap", "countdown-tiny-config"), ("Secret", "countdown-tiny-ray-token-0b7c6a52"),
         ("ServiceAccount", "countdown-tiny"), ("Role", "countdown-tiny"), ("RoleBinding", "countdown-tiny"),
         ("Service", "countdown-tiny-trainer"), ("Service", "countdown-tiny-ray-head"),
         ("NetworkPolicy", "countdown-tiny"), ("PodMonitor", "countdown-tiny"),
@@ -246,7 +246,7 @@ def test_every_pod_is_restricted(case):
             assert mounts["/dev/shm"]["emptyDir"] == {"medium": "Memory"}
             assert _env(c)["HOME"] == "/tmp"
             assert _env(c)["RAY_AUTH_MODE"] == "token"
-            assert _env(c)["RAY_AUTH_TOKEN"] == {"secretKeyRef": {"name": f"{CASES[case].metadata.name}-ray-token", "key": "token"}}
+            assert _env(c)["RAY_AUTH_TOKEN"] == {"secretKeyRef": {"name": f"{CASES[case].metadata.name}-ray-token-0b7c6a52", "key": "token"}}
 
 
 @cases
@@ -287,17 +287,17 @@ def test_trainer_env_several_gpus_per_pod():
 
 
 def test_trainer_commands():
-    tail = ["-m", "zeroth.trainer.main", "--config", "/etc/zeroth/run.json", "--run-dir", "/checkpoints/big",
-            "--export-dir", "/exports/big", "--metrics-addr", "0.0.0.0", "--metrics-port", "9400"]
+    tail = ["-m", "zeroth.trainer.main", "--config", "/etc/zeroth/run.json", "--run-dir", f"/checkpoints/big/{UID}",
+            "--export-dir", f"/exports/big/{UID}", "--metrics-addr", "0.0.0.0", "--metrics-port", "9400"]
     big = builders.trainer_pod(CASES["multi-gpu"], UID, 1, attempt=0)["spec"]["containers"][0]["command"]
     assert big == ["torchrun", "--nnodes", "3", "--nproc-per-node", "4", "--node-rank", "1",
                    "--master-addr", "big-trainer-0.big-trainer.team-b.svc", "--master-port", "29500", *tail]
     tiny = builders.trainer_pod(CASES["countdown-tiny"], UID, 1, attempt=0)["spec"]["containers"][0]["command"]
     assert tiny == ["python", "-m", "zeroth.trainer.main", "--config", "/etc/zeroth/run.json",
-                    "--run-dir", "/checkpoints/countdown-tiny", "--export-dir", "/exports/countdown-tiny",
+                    "--run-dir", f"/checkpoints/countdown-tiny/{UID}", "--export-dir", f"/exports/countdown-tiny/{UID}",
                     "--metrics-addr", "0.0.0.0", "--metrics-port", "9400"]
     shared = builders.trainer_pod(CASES["shared-path"], UID, 0, attempt=0)["spec"]["containers"][0]["command"]
-    assert shared[shared.index("--run-dir") + 1] == "/data/shared" == shared[shared.index("--export-dir") + 1]
+    assert shared[shared.index("--run-dir") + 1] == f"/data/shared/{UID}" == shared[shared.index("--export-dir") + 1]
 
 
 def test_trainer_pod_identity():
@@ -506,7 +506,7 @@ def test_run_json_keeps_defaults_and_drops_live_metadata():
 
 def test_token_secret():
     secret = builders.ray_token_secret(CASES["countdown-tiny"], UID, TOKEN)
-    assert secret["metadata"]["name"] == "countdown-tiny-ray-token"
+    assert secret["metadata"]["name"] == "countdown-tiny-ray-token-0b7c6a52"
     assert base64.b64decode(secret["data"]["token"]).decode() == TOKEN
 
 
@@ -550,7 +550,8 @@ def test_names_fit_for_the_longest_run_name():
         assert DNS_LABEL.match(obj["metadata"]["name"]) and len(obj["metadata"]["name"]) <= 63, obj["metadata"]["name"]
         for value in obj["metadata"]["labels"].values():
             assert len(value) <= 63
-    assert max(len(o["metadata"]["name"]) for o in objects) == len(f"{name}-trainer-1023")
+    pods = [o for o in objects if o["kind"] == "Pod"]
+    assert max(len(o["metadata"]["name"]) for o in pods) == len(f"{name}-trainer-1023")
 
 
 @cases
@@ -633,10 +634,10 @@ def test_torchrun_in_a_pod_gives_its_processes_the_pods_grace_period():
     """A pod with several GPUs runs torchrun, which kills its processes 30 s after passing SIGTERM on
     unless told otherwise: with a grace period set, they get all of it to checkpoint."""
     graceful = validation.validate(_manifest("graceful", trainer={"gpusPerReplica": 4, "terminationGracePeriodSeconds": 900}))
-    command = builders.trainer_command(graceful, 0)
+    command = builders.trainer_command(graceful, 0, UID)
     assert command[0] == "torchrun" and "--shutdown-timeout=900" in command
     assert command.index("--shutdown-timeout=900") < command.index("-m")  # torchrun's option, not the trainer's
-    plain = builders.trainer_command(CASES["multi-gpu"], 0)
+    plain = builders.trainer_command(CASES["multi-gpu"], 0, UID)
     assert plain[0] == "torchrun" and not any(a.startswith("--shutdown-timeout") for a in plain)
 
 
@@ -673,3 +674,37 @@ def test_the_operator_freezes_its_default_gpu_node_selector_where_a_run_sets_non
     assert handlers.gpu_node_selector(json.dumps(gke)) == gke
     with pytest.raises(SystemExit, match="ZEROTH_GPU_NODE_SELECTOR must be a JSON object"):
         handlers.gpu_node_selector('{"a": 1}')
+
+
+# ------------------------------------------------------------------------- edits of a live run
+
+
+def test_an_edit_acts_by_its_fields_policy():
+    """What acts now (api.LIVE) is taken from the live spec at once; pod settings only when the
+    config is frozen again (with api.WHILE_SUSPENDED); the operator's GPU selector, frozen when
+    the run started, stays where the live spec leaves it unset."""
+    frozen = builders.with_gpu_node_selector(validation.validate(_manifest("edited")), {"pool": "gpu"})
+    live = validation.validate(_manifest("edited", suspend=True, backoffLimit=7, rollout={"replicas": 3},
+                                         trainer={"image": "example.com/zeroth:2", "env": [{"name": "A", "value": "1"}]},
+                                         queueName="team-b", eval={"everySteps": 5}))
+    now = builders.refrozen(frozen, live, api.LIVE)
+    assert (now.spec.suspend, now.spec.backoff_limit, now.spec.rollout.replicas) == (True, 7, 3)
+    assert now.spec.trainer.image is None and now.spec.trainer.env == [] and now.spec.queue_name is None
+    assert now.spec.eval.every_steps == 50
+    again = builders.refrozen(frozen, live, api.LIVE + api.WHILE_SUSPENDED)
+    assert again.spec.trainer.image == "example.com/zeroth:2" and again.spec.queue_name == "team-b"
+    assert [e.name for e in again.spec.trainer.env] == ["A"] and again.spec.eval.every_steps == 5
+    assert again.spec.trainer.gpu_node_selector == {"pool": "gpu"} == again.spec.rollout.gpu_node_selector
+    unchanged = builders.refrozen(frozen, validation.validate(_manifest("edited")), api.LIVE + api.WHILE_SUSPENDED)
+    assert unchanged.spec == frozen.spec
+    overridden = validation.validate(_manifest("edited", trainer={"gpuNodeSelector": {}}))
+    assert builders.refrozen(frozen, overridden, api.WHILE_SUSPENDED).spec.trainer.gpu_node_selector == {}
+
+
+def test_a_trainer_pod_reads_the_config_it_is_given():
+    run = CASES["countdown-tiny"]
+    first = builders.trainer_pod(run, UID, 0, attempt=0)["spec"]["volumes"]
+    later = builders.trainer_pod(run, UID, 0, attempt=0, config=builders.config_map_name(run.metadata.name, 7))["spec"]["volumes"]
+    assert {"name": "config", "configMap": {"name": "countdown-tiny-config"}} in first
+    assert {"name": "config", "configMap": {"name": "countdown-tiny-config-7"}} in later
+    assert builders.config_map(run, UID, "countdown-tiny-config-7")["metadata"]["name"] == "countdown-tiny-config-7"

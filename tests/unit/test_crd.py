@@ -63,3 +63,42 @@ def test_scale_subresource_points_at_rollout_replicas():
     scale = version["subresources"]["scale"]
     assert scale["specReplicasPath"] == ".spec.rollout.replicas"
     assert "replicas" in version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["rollout"]["properties"]
+
+
+def _alias_fields(model: type) -> dict[str, object]:
+    return {(f.alias or n): f for n, f in model.model_fields.items()}
+
+
+def test_every_spec_field_has_exactly_one_edit_policy():
+    """A field added to the spec without saying what an edit of it does fails here (and a path that
+    names no field): LIVE, WHILE_SUSPENDED and IMMUTABLE cover the spec once, with no overlap."""
+    paths = [*api.LIVE, *api.WHILE_SUSPENDED, *api.IMMUTABLE]
+    assert len(paths) == len(set(paths))
+    covered = set(paths)
+    for name, field in _alias_fields(api.ReasoningRunSpec).items():
+        if name in covered:
+            assert not any(p.startswith(f"{name}.") for p in covered), name
+            continue
+        model = field.annotation
+        assert isinstance(model, type) and issubclass(model, api.BaseModel), f"spec.{name} has no edit policy"
+        for sub in _alias_fields(model):
+            assert f"{name}.{sub}" in covered, f"spec.{name}.{sub} has no edit policy"
+    for path in covered:  # every path names a field
+        model = api.ReasoningRunSpec
+        for key in path.split("."):
+            field = _alias_fields(model)[key]
+            model = field.annotation
+
+
+def test_the_crd_says_each_fields_edit_policy_for_kubectl_explain():
+    spec = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    rules = {r["fieldPath"]: r for r in spec["x-kubernetes-validations"] if "oldSelf" in r["rule"]}
+    for paths, note in ((api.IMMUTABLE, "Immutable once the run exists"), (api.WHILE_SUSPENDED, "only while the run is suspended")):
+        for path in paths:
+            node = spec
+            for key in path.split("."):
+                node = node["properties"][key]
+            assert note in node["description"], path
+            assert f".{path}" in rules and f"oldSelf.{path}" in rules[f".{path}"]["rule"], path
+    for path in api.LIVE:
+        assert f".{path}" not in rules or path == "rollout.replicas", path  # (fixed only under Kueue)

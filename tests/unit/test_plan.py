@@ -13,6 +13,7 @@ from zeroth.operator import plan as planning
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc)
 RUN = "demo"
+UID = "6a1c3e0f-5b7d-4c2a-9e8f-0d1b2c3a4e5f"
 
 
 def spec(trainers: int = 2, rollouts: int = 2, backoff: int = 3, suspend: bool = False):
@@ -35,7 +36,8 @@ def pod(name: str, role: str, number: int = 0, attempt: int = 0, phase: str = "R
     status: dict = {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
     if exit_code is not None:
         status["containerStatuses"] = [{"name": role, "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}}}]
-    meta: dict = {"name": name, "labels": labels}
+    meta: dict = {"name": name, "labels": labels,
+                  "ownerReferences": [{"kind": "ReasoningRun", "name": RUN, "uid": UID, "controller": True}]}
     if terminating:
         meta["deletionTimestamp"] = "2026-11-24T11:59:00Z"
     return {"metadata": meta, "spec": {"nodeName": node} if node else {}, "status": status}
@@ -50,7 +52,7 @@ def gang(attempt: int = 0, trainers: int = 2, rollouts: int = 2, phase: str = "R
 
 
 def test_a_new_run_creates_its_gang_head_and_fleet_and_is_pending():
-    p = planning.plan(RUN, spec(), None, 1, [], NOW)
+    p = planning.plan(RUN, UID, spec(), None, 1, [], NOW)
     assert sorted(p.create) == [("ray-head", 0), ("rollout", 0), ("rollout", 1), ("trainer", 0), ("trainer", 1)]
     assert p.delete == [] and p.status["restarts"] == 0
     s = p.status
@@ -67,12 +69,12 @@ def test_pods_held_by_kueue_admission_gate_say_so_in_the_pending_message():
     gated = gang(phase="Pending", node=None)
     for q in gated:
         q["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
-    p = planning.plan(RUN, spec(), {"phase": "Pending"}, 1, gated, NOW)
+    p = planning.plan(RUN, UID, spec(), {"phase": "Pending"}, 1, gated, NOW)
     assert p.status["phase"] == "Pending"
     assert p.status["message"] == "waiting for admission: 5 pods held by kueue.x-k8s.io/admission"
     for q in gated:  # admitted: the gates are gone, the scheduler has not bound them yet
         del q["spec"]["schedulingGates"]
-    p = planning.plan(RUN, spec(), {"phase": "Pending"}, 1, gated, NOW)
+    p = planning.plan(RUN, UID, spec(), {"phase": "Pending"}, 1, gated, NOW)
     assert p.status["message"] == "waiting for the pods to be scheduled"
 
 
@@ -95,7 +97,7 @@ def test_a_pod_held_back_shows_its_reason_in_the_message_a_condition_and_one_eve
     pods[1]["status"] = copy.deepcopy(HELD[why])  # trainer rank 1
     if why == "Unschedulable":
         del pods[1]["spec"]["nodeName"]
-    p = planning.plan(RUN, spec(), {"phase": "Initializing"}, 1, pods, NOW)
+    p = planning.plan(RUN, UID, spec(), {"phase": "Initializing"}, 1, pods, NOW)
     assert p.status["phase"] in ("Pending", "Initializing")
     assert f"pod {RUN}-trainer-1: {why}: " in p.status["message"], p.status["message"]
     if why != "OOMKilled":  # the scheduler's or kubelet's own words
@@ -105,9 +107,9 @@ def test_a_pod_held_back_shows_its_reason_in_the_message_a_condition_and_one_eve
     assert stalled["status"] == "True" and stalled["reason"] == why and RUN + "-trainer-1" in stalled["message"]
     assert [(e.type, e.reason) for e in p.events] == [("Warning", why)]
     # the next pass, with the condition stored, posts no second event; once the pod runs it clears
-    again = planning.plan(RUN, spec(), p.status, 1, pods, NOW)
+    again = planning.plan(RUN, UID, spec(), p.status, 1, pods, NOW)
     assert again.events == []
-    cleared = planning.plan(RUN, spec(), p.status, 1, gang(), NOW).status
+    cleared = planning.plan(RUN, UID, spec(), p.status, 1, gang(), NOW).status
     assert next(c for c in cleared["conditions"] if c["type"] == "Stalled")["status"] == "False"
     assert why not in cleared["message"]
 
@@ -116,25 +118,25 @@ def test_a_pod_that_is_merely_starting_holds_nothing_back():
     pods = gang(phase="Pending", node="cpu-0")
     pods[1]["status"] = {"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": {"waiting": {
         "reason": "ContainerCreating"}}}]}
-    p = planning.plan(RUN, spec(), {"phase": "Initializing"}, 1, pods, NOW)
+    p = planning.plan(RUN, UID, spec(), {"phase": "Initializing"}, 1, pods, NOW)
     assert next(c for c in p.status["conditions"] if c["type"] == "Stalled")["status"] == "False"
     assert p.events == [] or all(e.type == "Normal" for e in p.events)
 
 
 def test_pending_then_initializing_then_running_with_events():
     unscheduled = gang(phase="Pending", node=None)
-    p = planning.plan(RUN, spec(), {"phase": "Pending"}, 1, unscheduled, NOW)
+    p = planning.plan(RUN, UID, spec(), {"phase": "Pending"}, 1, unscheduled, NOW)
     assert p.status["phase"] == "Pending" and p.create == [] and p.events == []
 
     some = copy.deepcopy(unscheduled)
     some[0]["spec"]["nodeName"] = "cpu-1"
     some[0]["status"]["phase"] = "Running"
-    p = planning.plan(RUN, spec(), {"phase": "Pending"}, 1, some, NOW)
+    p = planning.plan(RUN, UID, spec(), {"phase": "Pending"}, 1, some, NOW)
     assert p.status["phase"] == "Initializing"
     assert p.status["message"] == "1/2 trainer pods running, 1 starting"
     assert [(e.type, e.reason) for e in p.events] == [("Normal", "Initializing")]
 
-    p = planning.plan(RUN, spec(), {"phase": "Initializing"}, 1, gang(), NOW)
+    p = planning.plan(RUN, UID, spec(), {"phase": "Initializing"}, 1, gang(), NOW)
     assert p.status["phase"] == "Running"
     assert p.status["trainer"]["ready"] == 2 and p.status["rollout"]["ready"] == 2
     assert {c["type"]: c["status"] for c in p.status["conditions"]}["Ready"] == "True"
@@ -142,13 +144,13 @@ def test_pending_then_initializing_then_running_with_events():
 
 
 def test_a_condition_keeps_its_transition_time_until_it_flips():
-    first = planning.plan(RUN, spec(), {"phase": "Initializing"}, 1, gang(), NOW).status
+    first = planning.plan(RUN, UID, spec(), {"phase": "Initializing"}, 1, gang(), NOW).status
     later = NOW + timedelta(minutes=5)
-    again = planning.plan(RUN, spec(), first, 2, gang(), later).status
+    again = planning.plan(RUN, UID, spec(), first, 2, gang(), later).status
     by_type = {c["type"]: c for c in again["conditions"]}
     assert by_type["Ready"]["lastTransitionTime"] == "2026-11-24T12:00:00Z"
     assert by_type["Ready"]["observedGeneration"] == 2
-    suspended = planning.plan(RUN, spec(suspend=True), again, 3, gang(), later).status
+    suspended = planning.plan(RUN, UID, spec(suspend=True), again, 3, gang(), later).status
     by_type = {c["type"]: c for c in suspended["conditions"]}
     assert by_type["Ready"] == {**by_type["Ready"], "status": "False", "lastTransitionTime": "2026-11-24T12:05:00Z"}
     assert by_type["Suspended"]["status"] == "True"
@@ -157,7 +159,7 @@ def test_a_condition_keeps_its_transition_time_until_it_flips():
 def test_one_failed_trainer_restarts_the_whole_gang_counting_first():
     pods = gang()
     pods[1] = pod(f"{RUN}-trainer-1", "trainer", 1, 0, "Failed", exit_code=137)
-    p = planning.plan(RUN, spec(), {"phase": "Running", "restarts": 0}, 1, pods, NOW)
+    p = planning.plan(RUN, UID, spec(), {"phase": "Running", "restarts": 0}, 1, pods, NOW)
     assert p.status["restarts"] == 1
     assert sorted(p.delete) == [f"{RUN}-trainer-0", f"{RUN}-trainer-1"]  # the whole gang, not the fleet
     assert not any(role == "trainer" for role, _ in p.create)  # rank 0 of the old attempt still runs
@@ -170,32 +172,32 @@ def test_after_a_restart_old_pods_are_deleted_and_new_ones_created_once_the_old_
     status = {"phase": "Running", "restarts": 1}
     # the operator died after writing restarts=1 but before deleting: the next plan deletes, without counting again
     stale = gang(attempt=0)
-    p = planning.plan(RUN, spec(), status, 1, stale, NOW)
+    p = planning.plan(RUN, UID, spec(), status, 1, stale, NOW)
     assert p.status["restarts"] == 1
     assert sorted(p.delete) == [f"{RUN}-trainer-0", f"{RUN}-trainer-1"]
     # still terminating, their processes still running: nothing created, nothing deleted twice
     terminating = [pod(f"{RUN}-trainer-{r}", "trainer", r, 0, terminating=True) for r in range(2)] + gang()[2:]
-    p = planning.plan(RUN, spec(), status, 1, terminating, NOW)
+    p = planning.plan(RUN, UID, spec(), status, 1, terminating, NOW)
     assert p.delete == [] and p.create == []
     # ended but kept (a finalizer: Kueue's, until the replacements exist): the new attempt's pods,
     # under names of their own
     ended = [pod(f"{RUN}-trainer-{r}", "trainer", r, 0, "Failed", terminating=True) for r in range(2)] + gang()[2:]
-    p = planning.plan(RUN, spec(), status, 1, ended, NOW)
+    p = planning.plan(RUN, UID, spec(), status, 1, ended, NOW)
     assert sorted(p.create) == [("trainer", 0), ("trainer", 1)] and p.status["restarts"] == 1 and p.delete == []
     # gone: the same
-    p = planning.plan(RUN, spec(), status, 1, gang()[2:], NOW)
+    p = planning.plan(RUN, UID, spec(), status, 1, gang()[2:], NOW)
     assert sorted(p.create) == [("trainer", 0), ("trainer", 1)] and p.status["restarts"] == 1
     assert p.status["phase"] == "Initializing"
     # created: nothing more to do
     now = [pod(f"{RUN}-trainer-{r}-1", "trainer", r, 1, "Pending", node=None) for r in range(2)] + gang()[2:]
-    p = planning.plan(RUN, spec(), status, 1, now, NOW)
+    p = planning.plan(RUN, UID, spec(), status, 1, now, NOW)
     assert p.create == [] and p.delete == []
 
 
 def test_backoff_limit_reached_fails_the_run_and_frees_everything():
     pods = gang(attempt=2)
     pods[0] = pod(f"{RUN}-trainer-0", "trainer", 0, 2, "Failed", exit_code=1)
-    p = planning.plan(RUN, spec(backoff=2), {"phase": "Running", "restarts": 2}, 1, pods, NOW)
+    p = planning.plan(RUN, UID, spec(backoff=2), {"phase": "Running", "restarts": 2}, 1, pods, NOW)
     assert p.status["phase"] == "Failed" and p.status["restarts"] == 2
     assert "backoff limit of 2 gang restarts reached" in p.status["message"]
     assert "demo-trainer-0 failed (exit code 1 (Error))" in p.status["message"]
@@ -204,7 +206,7 @@ def test_backoff_limit_reached_fails_the_run_and_frees_everything():
     assert p.status["completionTime"] == "2026-11-24T12:00:00Z"
     assert [(e.type, e.reason) for e in p.events] == [("Warning", "Failed")]
     # and stays Failed: a later plan creates nothing
-    later = planning.plan(RUN, spec(backoff=2), p.status, 1, [pods[0]], NOW + timedelta(minutes=1))
+    later = planning.plan(RUN, UID, spec(backoff=2), p.status, 1, [pods[0]], NOW + timedelta(minutes=1))
     assert later.create == [] and later.status["phase"] == "Failed" and later.events == []
     assert later.status["completionTime"] == "2026-11-24T12:00:00Z"
 
@@ -212,32 +214,32 @@ def test_backoff_limit_reached_fails_the_run_and_frees_everything():
 def test_backoff_limit_zero_fails_on_the_first_failure():
     pods = gang()
     pods[0] = pod(f"{RUN}-trainer-0", "trainer", 0, 0, "Failed", exit_code=2)
-    p = planning.plan(RUN, spec(backoff=0), {"phase": "Running"}, 1, pods, NOW)
+    p = planning.plan(RUN, UID, spec(backoff=0), {"phase": "Running"}, 1, pods, NOW)
     assert p.status["phase"] == "Failed" and p.status["restarts"] == 0
 
 
 def test_suspend_deletes_every_pod_and_resume_recreates_them():
-    p = planning.plan(RUN, spec(suspend=True), {"phase": "Running", "restarts": 1}, 2, gang(attempt=1), NOW)
+    p = planning.plan(RUN, UID, spec(suspend=True), {"phase": "Running", "restarts": 1}, 2, gang(attempt=1), NOW)
     assert p.status["phase"] == "Suspended" and p.create == []
     assert len(p.delete) == 5 and p.ends_group  # for good: a queued run's Kueue group ends here
     assert {c["type"]: c["status"] for c in p.status["conditions"]}["Suspended"] == "True"
     assert p.status["resumes"] == 0
-    p = planning.plan(RUN, spec(), p.status, 3, [], NOW)
+    p = planning.plan(RUN, UID, spec(), p.status, 3, [], NOW)
     assert p.status["phase"] == "Pending" and p.status["restarts"] == 1
     assert sorted(p.create) == [("ray-head", 0), ("rollout", 0), ("rollout", 1), ("trainer", 0), ("trainer", 1)]
     assert [(e.type, e.reason) for e in p.events] == [("Normal", "Pending")]
     assert p.status["resumes"] == 1 and not p.ends_group
     # counted once: the next plan (the status written, pods not created yet) keeps the number
-    p = planning.plan(RUN, spec(), p.status, 3, [], NOW)
+    p = planning.plan(RUN, UID, spec(), p.status, 3, [], NOW)
     assert p.status["resumes"] == 1 and len(p.create) == 5
 
 
 def test_a_gang_restart_replaces_pods_within_the_group_and_a_finished_run_ends_it():
     pods = gang()
     pods[0]["status"]["phase"] = "Failed"
-    p = planning.plan(RUN, spec(), {"phase": "Running"}, 1, pods, NOW)
+    p = planning.plan(RUN, UID, spec(), {"phase": "Running"}, 1, pods, NOW)
     assert p.status["restarts"] == 1 and p.delete and not p.ends_group
-    p = planning.plan(RUN, spec(), {"phase": "Running"}, 1, gang(phase="Succeeded"), NOW)
+    p = planning.plan(RUN, UID, spec(), {"phase": "Running"}, 1, gang(phase="Succeeded"), NOW)
     assert p.status["phase"] == "Succeeded" and p.ends_group
     assert sorted(p.delete) == ["demo-ray-head", "demo-rollout-0", "demo-rollout-1"]
 
@@ -247,7 +249,7 @@ def test_a_gang_restart_replaces_pods_within_the_group_and_a_finished_run_ends_i
     (3, 1, [], ["demo-rollout-1", "demo-rollout-2"]),
 ])
 def test_scaling_the_fleet_creates_or_deletes_rollout_pods_only(before, after, create, delete):
-    p = planning.plan(RUN, spec(rollouts=after), {"phase": "Running"}, 2, gang(rollouts=before), NOW)
+    p = planning.plan(RUN, UID, spec(rollouts=after), {"phase": "Running"}, 2, gang(rollouts=before), NOW)
     assert p.create == create and sorted(p.delete) == delete
     assert p.status["rollout"]["desired"] == after and p.status["phase"] == "Running"
 
@@ -256,27 +258,27 @@ def test_a_rollout_or_head_pod_that_ended_is_replaced():
     pods = gang()
     pods[2] = pod(f"{RUN}-ray-head", "ray-head", phase="Failed")
     pods[3] = pod(f"{RUN}-rollout-0", "rollout", 0, phase="Failed")
-    p = planning.plan(RUN, spec(), {"phase": "Running"}, 1, pods, NOW)
+    p = planning.plan(RUN, UID, spec(), {"phase": "Running"}, 1, pods, NOW)
     assert sorted(p.delete) == [f"{RUN}-ray-head", f"{RUN}-rollout-0"] and p.status["restarts"] == 0
-    p = planning.plan(RUN, spec(), {"phase": "Running"}, 1, [pods[i] for i in (0, 1, 4)], NOW)
+    p = planning.plan(RUN, UID, spec(), {"phase": "Running"}, 1, [pods[i] for i in (0, 1, 4)], NOW)
     assert sorted(p.create) == [("ray-head", 0), ("rollout", 0)]
 
 
 def test_all_trainers_succeeded_finishes_the_run_and_frees_the_fleet():
     pods = gang(phase="Succeeded")
-    p = planning.plan(RUN, spec(), {"phase": "Running"}, 1, pods, NOW)
+    p = planning.plan(RUN, UID, spec(), {"phase": "Running"}, 1, pods, NOW)
     assert p.status["phase"] == "Succeeded" and p.create == []
     assert sorted(p.delete) == sorted([f"{RUN}-ray-head", f"{RUN}-rollout-0", f"{RUN}-rollout-1"])
     assert p.status["completionTime"] == "2026-11-24T12:00:00Z"
     assert {c["type"]: c["status"] for c in p.status["conditions"]}["Succeeded"] == "True"
     # one trainer done and one still running is not success
     pods[1]["status"]["phase"] = "Running"
-    assert planning.plan(RUN, spec(), {"phase": "Running"}, 1, pods, NOW).status["phase"] == "Running"
+    assert planning.plan(RUN, UID, spec(), {"phase": "Running"}, 1, pods, NOW).status["phase"] == "Running"
 
 
 def test_a_finished_run_never_creates_and_removes_what_still_runs():
     pods = gang(phase="Succeeded")
-    p = planning.plan(RUN, spec(), {"phase": "Succeeded", "completionTime": "2026-11-24T11:00:00Z"}, 1, pods, NOW)
+    p = planning.plan(RUN, UID, spec(), {"phase": "Succeeded", "completionTime": "2026-11-24T11:00:00Z"}, 1, pods, NOW)
     assert p.create == [] and p.events == []
     assert sorted(p.delete) == sorted([f"{RUN}-ray-head", f"{RUN}-rollout-0", f"{RUN}-rollout-1"])
     assert p.status["completionTime"] == "2026-11-24T11:00:00Z"
@@ -284,8 +286,8 @@ def test_a_finished_run_never_creates_and_removes_what_still_runs():
 
 def test_a_plan_is_a_fixed_point_once_carried_out():
     """Carrying out a plan and planning again changes nothing: the idempotence the chaos test relies on."""
-    p = planning.plan(RUN, spec(), None, 1, gang(), NOW)
-    again = planning.plan(RUN, spec(), p.status, 1, gang(), NOW + timedelta(seconds=30))
+    p = planning.plan(RUN, UID, spec(), None, 1, gang(), NOW)
+    again = planning.plan(RUN, UID, spec(), p.status, 1, gang(), NOW + timedelta(seconds=30))
     assert again.create == [] and again.delete == [] and again.events == []
     assert again.status == p.status
 
@@ -296,15 +298,15 @@ def test_an_active_deadline_fails_the_run_and_frees_everything_once_it_falls_due
                      activeDeadlineSeconds=600)
     bounded = validation.validate(m).spec
     started = {"phase": "Running", "startTime": "2026-11-24T11:55:00Z"}  # 300 s before NOW
-    p = planning.plan(RUN, bounded, started, 1, gang(), NOW)
+    p = planning.plan(RUN, UID, bounded, started, 1, gang(), NOW)
     assert p.status["phase"] == "Running" and p.delete == []
     assert p.requeue_after == pytest.approx(300)  # planned again when it falls due, event or not
-    late = planning.plan(RUN, bounded, started, 1, gang(), NOW + timedelta(seconds=300))
+    late = planning.plan(RUN, UID, bounded, started, 1, gang(), NOW + timedelta(seconds=300))
     assert late.status["phase"] == "Failed" and "activeDeadlineSeconds of 600" in late.status["message"]
     assert sorted(late.delete) == sorted(q["metadata"]["name"] for q in gang())
     assert late.status["completionTime"] and ("Warning", "Failed") in [(e.type, e.reason) for e in late.events]
     assert late.requeue_after is None
-    assert planning.plan(RUN, spec(), started, 1, gang(), NOW + timedelta(days=30)).status["phase"] == "Running"  # no deadline
+    assert planning.plan(RUN, UID, spec(), started, 1, gang(), NOW + timedelta(days=30)).status["phase"] == "Running"  # no deadline
 
 
 def test_a_startup_deadline_fails_a_run_whose_pods_never_start_saying_what_held_them():
@@ -314,33 +316,33 @@ def test_a_startup_deadline_fails_a_run_whose_pods_never_start_saying_what_held_
     bounded = validation.validate(m).spec
     pods = gang(phase="Pending", node="cpu-0")
     pods[1]["status"] = copy.deepcopy(HELD["ErrImagePull"])
-    first = planning.plan(RUN, bounded, None, 1, pods, NOW)  # the run's first pass: starting since now
+    first = planning.plan(RUN, UID, bounded, None, 1, pods, NOW)  # the run's first pass: starting since now
     assert first.status["phase"] != "Failed" and first.requeue_after == pytest.approx(120)
-    soon = planning.plan(RUN, bounded, first.status, 1, pods, NOW + timedelta(seconds=60))
+    soon = planning.plan(RUN, UID, bounded, first.status, 1, pods, NOW + timedelta(seconds=60))
     assert soon.status["phase"] != "Failed" and soon.requeue_after == pytest.approx(60)
-    late = planning.plan(RUN, bounded, soon.status, 1, pods, NOW + timedelta(seconds=121))
+    late = planning.plan(RUN, UID, bounded, soon.status, 1, pods, NOW + timedelta(seconds=121))
     assert late.status["phase"] == "Failed" and late.create == [] and late.requeue_after is None
     assert "did not all start within startupDeadlineSeconds (120)" in late.status["message"]
     assert f"pod {RUN}-trainer-1: ErrImagePull" in late.status["message"]  # what held them
     assert sorted(late.delete) == sorted(q["metadata"]["name"] for q in pods)
 
     # running, then a gang restart: the clock starts again when Ready turns False
-    running = planning.plan(RUN, bounded, first.status, 1, gang(), NOW + timedelta(seconds=60)).status
+    running = planning.plan(RUN, UID, bounded, first.status, 1, gang(), NOW + timedelta(seconds=60)).status
     assert running["phase"] == "Running"
-    restarting = planning.plan(RUN, bounded, running, 1, pods, NOW + timedelta(seconds=600))
+    restarting = planning.plan(RUN, UID, bounded, running, 1, pods, NOW + timedelta(seconds=600))
     assert restarting.status["phase"] != "Failed" and restarting.requeue_after == pytest.approx(120)
 
     # suspended, then resumed: the clock starts again with the resume
-    suspended = planning.plan(RUN, bounded.model_copy(update={"suspend": True}), restarting.status, 1, pods,
+    suspended = planning.plan(RUN, UID, bounded.model_copy(update={"suspend": True}), restarting.status, 1, pods,
                               NOW + timedelta(seconds=700)).status
     assert suspended["phase"] == "Suspended"
-    resumed = planning.plan(RUN, bounded, suspended, 1, [], NOW + timedelta(seconds=5000))
+    resumed = planning.plan(RUN, UID, bounded, suspended, 1, [], NOW + timedelta(seconds=5000))
     assert resumed.status["phase"] == "Pending" and resumed.requeue_after == pytest.approx(120)
 
 
 def _started(status: dict) -> dict:
     """The status after the gang of attempt status["restarts"] was seen whole."""
-    return planning.plan(RUN, spec(backoff=0), status, 1, gang(attempt=int(status.get("restarts") or 0)), NOW).status
+    return planning.plan(RUN, UID, spec(backoff=0), status, 1, gang(attempt=int(status.get("restarts") or 0)), NOW).status
 
 
 @pytest.mark.parametrize("how", ["deleted", "evicted", "preempted", "gone"])
@@ -358,7 +360,7 @@ def test_a_disrupted_rank_restarts_the_whole_gang_without_counting_against_the_b
         rank1["metadata"]["deletionTimestamp"] = "2026-11-24T11:59:00Z"
     else:  # already removed
         pods.remove(rank1)
-    p = planning.plan(RUN, spec(backoff=0), running, 1, pods, NOW)  # backoffLimit 0: a failure would end the run
+    p = planning.plan(RUN, UID, spec(backoff=0), running, 1, pods, NOW)  # backoffLimit 0: a failure would end the run
     assert p.status["phase"] != "Failed"
     assert (p.status["restarts"], p.status["disruptions"]) == (1, 1)
     assert "demo-trainer-0" in p.delete  # the surviving rank goes too: never a lone replacement at the same attempt
@@ -372,7 +374,7 @@ def test_a_real_failure_after_disruptions_still_meets_the_backoff_limit():
     pods = gang(attempt=2)
     pods[0]["status"] = {"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": {
         "exitCode": 1, "reason": "Error"}}}]}
-    p = planning.plan(RUN, spec(backoff=0), after, 1, pods, NOW)
+    p = planning.plan(RUN, UID, spec(backoff=0), after, 1, pods, NOW)
     assert p.status["phase"] == "Failed" and "backoff limit of 0" in p.status["message"]
 
 
@@ -380,17 +382,17 @@ def test_a_gang_not_yet_seen_whole_is_not_restarted_for_a_missing_rank():
     """An operator killed halfway through creating a gang left some ranks uncreated: they are
     created, not taken for a disruption."""
     partial = [q for q in gang() if q["metadata"]["name"] != "demo-trainer-1"]
-    p = planning.plan(RUN, spec(), {"phase": "Initializing"}, 1, partial, NOW)
+    p = planning.plan(RUN, UID, spec(), {"phase": "Initializing"}, 1, partial, NOW)
     assert p.status["restarts"] == 0 and ("trainer", 1) in p.create and p.status["startedAttempt"] is None
 
 
 def test_pods_still_terminating_from_a_suspension_are_no_disruption_of_the_resumed_run():
     running = _started({"phase": "Running"})
-    suspended = planning.plan(RUN, spec(suspend=True), running, 1, gang(), NOW).status
+    suspended = planning.plan(RUN, UID, spec(suspend=True), running, 1, gang(), NOW).status
     leaving = gang()
     for q in leaving:
         q["metadata"]["deletionTimestamp"] = "2026-11-24T11:59:00Z"
-    p = planning.plan(RUN, spec(), suspended, 1, leaving, NOW)
+    p = planning.plan(RUN, UID, spec(), suspended, 1, leaving, NOW)
     assert p.status["restarts"] == 0 and p.status["disruptions"] == 0 and p.status["startedAttempt"] is None
 
 
@@ -403,9 +405,57 @@ def test_an_exit_code_the_spec_lists_fails_the_run_at_once():
     for code, phase in ((3, "Failed"), (1, "Running")):
         pods = gang()
         pods[1] = pod(f"{RUN}-trainer-1", "trainer", 1, phase="Failed", exit_code=code)
-        p = planning.plan(RUN, strict, running, 1, pods, NOW)
+        p = planning.plan(RUN, UID, strict, running, 1, pods, NOW)
         if phase == "Failed":
             assert p.status["phase"] == "Failed" and p.status["restarts"] == 0
             assert "exit code 3" in p.status["message"] and "failOnExitCodes" in p.status["message"]
         else:  # any other code: the usual gang restart
             assert p.status["restarts"] == 1 and p.status["phase"] != "Failed"
+
+
+# ------------------------------------------------------------ identity: the run's own pods by uid
+
+
+def _of_another_run(pods: list[dict], uid: str | None = "1f0e2d3c-0000-4000-8000-00000000beef") -> list[dict]:
+    for q in pods:
+        q["metadata"]["ownerReferences"] = [{"kind": "ReasoningRun", "name": RUN, "uid": uid, "controller": True}] if uid else []
+    return pods
+
+
+def test_an_earlier_runs_finished_gang_is_never_adopted():
+    """Deleted and created again with the same name: the old run's Succeeded trainers (not yet
+    collected) must not make the new run Succeeded, nor its pods count as the new run's."""
+    old = _of_another_run(gang(phase="Succeeded"))
+    p = planning.plan(RUN, UID, spec(), None, 1, old, NOW)
+    assert p.status["phase"] == "Pending" and p.create == [] and p.delete == []
+    stalled = {c["type"]: c for c in p.status["conditions"]}["Stalled"]
+    assert stalled["status"] == "True" and stalled["reason"] == "EarlierRunTerminating"
+    assert "pod demo-trainer-0" in stalled["message"] and "another run named demo" in p.status["message"]
+    assert [e.reason for e in p.events] == ["EarlierRunTerminating"]
+    assert p.requeue_after == planning.EARLIER_RUN_POLL_SECONDS
+    assert p.status["trainer"]["ready"] == 0 and p.status["rollout"]["ready"] == 0
+
+
+def test_an_earlier_runs_pods_hold_the_new_gang_until_they_are_gone():
+    old = _of_another_run(gang(attempt=2, phase="Running"))  # other names (attempt 2), same host names
+    for q in old:
+        q["metadata"]["deletionTimestamp"] = "2026-11-24T11:59:00Z"
+    waiting = planning.plan(RUN, UID, spec(), None, 1, old, NOW)
+    assert waiting.create == [] and waiting.delete == []  # not ours to delete: the garbage collector's
+    assert waiting.status["restarts"] == 0 and waiting.status["startedAttempt"] is None
+    gone = planning.plan(RUN, UID, spec(), waiting.status, 1, [], NOW)
+    assert sorted(gone.create) == [("ray-head", 0), ("rollout", 0), ("rollout", 1), ("trainer", 0), ("trainer", 1)]
+    assert {c["type"]: c["status"] for c in gone.status["conditions"]}["Stalled"] == "False"
+
+
+def test_pods_with_the_runs_labels_and_no_owner_are_not_adopted():
+    orphans = _of_another_run([pod(f"{RUN}-trainer-0", "trainer", 0)], uid=None)
+    p = planning.plan(RUN, UID, spec(), None, 1, orphans, NOW)
+    assert p.create == [] and "delete any that stay" in p.status["message"]
+
+
+def test_other_children_of_an_earlier_run_hold_the_run_too():
+    p = planning.plan(RUN, UID, spec(), None, 1, [], NOW, earlier=("ConfigMap demo-config",))
+    assert p.create == [] and p.status["phase"] == "Pending"
+    assert p.status["message"].startswith("waiting for objects of another run named demo to go")
+    assert p.status["message"].endswith(": ConfigMap demo-config")
