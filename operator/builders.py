@@ -52,6 +52,11 @@ UID = 1000
 ROLLOUT_RESOURCE = api.ROLLOUT_RESOURCE  # one rollout actor per slot: per engine of a rollout pod
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+# A trainer rank on a node that stops answering holds every other rank in a collective: the taint
+# manager evicts it this soon (Kubernetes' default is 300 s), and the gang restarts elsewhere. A
+# role's own toleration of these taints wins.
+NODE_LOST_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+TRAINER_NODE_LOST_SECONDS = 30
 RAY_HEAD_RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}}
 # `ray health-check` in a loop: a Python process importing Ray
 WAIT_FOR_HEAD_RESOURCES = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}
@@ -312,16 +317,20 @@ def _resources(placement: api.Placement, gpus: int) -> dict[str, Any]:
     return out
 
 
-def _tolerations(placement: api.Placement, gpus: int) -> list[dict[str, Any]]:
+def _tolerations(placement: api.Placement, gpus: int, node_lost_seconds: int | None = None) -> list[dict[str, Any]]:
     out = [t.model_dump(by_alias=True, mode="json", exclude_none=True) for t in placement.tolerations]
     if gpus > 0 and GPU_TOLERATION not in out:
         out.append(dict(GPU_TOLERATION))
+    if node_lost_seconds is not None:
+        out += [{"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": node_lost_seconds}
+                for key in NODE_LOST_TAINTS if not any(t.get("key") == key for t in out)]
     return out
 
 
-def _placement(placement: api.Placement, gpus: int) -> dict[str, Any]:
+def _placement(placement: api.Placement, gpus: int, node_lost_seconds: int | None = None) -> dict[str, Any]:
     """nodeSelector, tolerations and affinity: the spec's, plus what GPU nodes need (the role's
-    GPU node selector, under the spec's own nodeSelector where a key is in both)."""
+    GPU node selector, under the spec's own nodeSelector where a key is in both) and, for the
+    trainer, how long it stays on a node that stopped answering."""
     out: dict[str, Any] = {}
     node_selector = dict(placement.node_selector)
     if gpus > 0:
@@ -329,7 +338,7 @@ def _placement(placement: api.Placement, gpus: int) -> dict[str, Any]:
         node_selector = {**gpu, **node_selector}
     if node_selector:
         out["nodeSelector"] = node_selector
-    tolerations = _tolerations(placement, gpus)
+    tolerations = _tolerations(placement, gpus, node_lost_seconds)
     if tolerations:
         out["tolerations"] = tolerations
     if placement.affinity:
@@ -511,7 +520,7 @@ def trainer_pod(run: api.ReasoningRun, uid: str, rank: int, attempt: int, resume
         "resources": _resources(trainer, trainer.gpus_per_replica),
         "volumeMounts": mounts,
     }, trainer)
-    extra = {"hostname": trainer_hostname(name, rank), "subdomain": trainer_service_name(name), **_placement(trainer, trainer.gpus_per_replica)}
+    extra = {"hostname": trainer_hostname(name, rank), "subdomain": trainer_service_name(name), **_placement(trainer, trainer.gpus_per_replica, TRAINER_NODE_LOST_SECONDS)}
     return _pod(run, uid, metadata, container, volumes, restart_policy="Never", placement=trainer,
                 automount_token=rank == 0, extra=extra)
 

@@ -26,6 +26,9 @@ from zeroth.operator.builders import (LABEL_ATTEMPT, LABEL_INDEX, LABEL_RANK, LA
 
 TERMINAL = ("Succeeded", "Failed")
 EARLIER_RUN_POLL_SECONDS = 5.0  # how often a run held back by another run's children looks again
+# A deleted pod still there this long after its grace period ended: no kubelet is left to confirm it
+# (its node was lost). A new gang does not wait for it; the pod goes when its node is collected.
+LOST_AFTER_SECONDS = 30.0
 ACTIVE = ("Pending", "Initializing", "Running")
 
 
@@ -47,6 +50,7 @@ class PodState:
     disrupted: bool  # taken away rather than failed: evicted, preempted, its node lost (DisruptionTarget)
     exit_code: int | None  # of its first terminated container
     owner: str | None  # the uid of the run that controls it (its controller ownerReference)
+    deletion_due: str | None  # when a deleted pod's grace period ends (its deletionTimestamp)
 
     @classmethod
     def of(cls, pod: dict[str, Any]) -> PodState:
@@ -60,7 +64,8 @@ class PodState:
                    gated=tuple(g["name"] for g in spec.get("schedulingGates") or []), ready=ready,
                    terminating=bool(meta.get("deletionTimestamp")), reason=_ended_reason(status), held=_held(status),
                    disrupted=_disrupted(status), exit_code=_exit_code(status),
-                   owner=next((r.get("uid") for r in meta.get("ownerReferences") or [] if r.get("controller")), None))
+                   owner=next((r.get("uid") for r in meta.get("ownerReferences") or [] if r.get("controller")), None),
+                   deletion_due=meta.get("deletionTimestamp"))
 
 
 def _exit_code(status: dict[str, Any]) -> int | None:
@@ -218,9 +223,14 @@ def plan(name: str, uid: str, spec: api.ReasoningRunSpec, status: dict[str, Any]
             else:
                 # a new attempt starts once no process of an older one runs (each rank's host name
                 # must lead to one pod only); terminal pods may stay, Kueue holds them until then
-                if not any(s.role == ROLE_TRAINER and s.attempt != restarts and s.phase not in TERMINAL for s in states):
+                older = [s for s in states if s.role == ROLE_TRAINER and s.attempt != restarts
+                         and s.phase not in TERMINAL and not _lost(s, now)]
+                if not older:
                     p.create += [(ROLE_TRAINER, r) for r in range(n_trainers)
                                  if trainer_pod_name(name, r, restarts) not in taken]
+                elif all(s.deletion_due for s in older):  # no event will say when they count as lost
+                    p.requeue_after = max(min(LOST_AFTER_SECONDS - _seconds_since(s.deletion_due, now)
+                                              for s in older), 1.0)
                 # the head and rollout pods restart themselves (restartPolicy Always); replace any that ended
                 delete(lambda s: s.role in (ROLE_RAY_HEAD, ROLE_ROLLOUT) and s.phase in TERMINAL)
                 delete(lambda s: s.role == ROLE_ROLLOUT and s.number >= n_rollouts)
@@ -244,7 +254,7 @@ def plan(name: str, uid: str, spec: api.ReasoningRunSpec, status: dict[str, Any]
                         p.create = []
                         delete(lambda s: s.phase not in TERMINAL)
                     else:
-                        p.requeue_after = startup - waited
+                        p.requeue_after = min(p.requeue_after or startup - waited, startup - waited)
 
     others = [f"pod {s.name}" for s in foreign] + list(earlier)
     if others and phase not in TERMINAL and not spec.suspend:
@@ -287,6 +297,11 @@ def plan(name: str, uid: str, spec: api.ReasoningRunSpec, status: dict[str, Any]
     if stalled and (was.get("status") != "True" or was.get("reason") != stalled[0]):
         p.events.append(Event("Warning", stalled[0], stalled[1]))  # once per new reason, not per pass
     return p
+
+
+def _lost(s: PodState, now: datetime) -> bool:
+    """Deleted, and unconfirmed LOST_AFTER_SECONDS after its grace period: on a node that is gone."""
+    return s.deletion_due is not None and _seconds_since(s.deletion_due, now) >= LOST_AFTER_SECONDS
 
 
 def _active_phase(current: list[PodState], n_trainers: int, live: list[PodState], restarts: int) -> tuple[str, str]:
@@ -339,10 +354,11 @@ def _waiting_since(status: dict[str, Any]) -> str | None:
 
 
 def _seconds_since(when: str | None, now: datetime) -> float:
-    """Seconds from an RFC 3339 status time (`stamp`'s form) to `now`; 0 when there is none yet."""
+    """Seconds from an RFC 3339 time (`stamp`'s form, or the client's isoformat) to `now`; 0 when there
+    is none yet."""
     if not when:
         return 0.0
-    return (now - datetime.strptime(when, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=now.tzinfo)).total_seconds()
+    return (now - datetime.fromisoformat(when).replace(tzinfo=now.tzinfo)).total_seconds()
 
 
 def stamp(t: datetime) -> str:

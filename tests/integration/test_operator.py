@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import ROOT, Cluster, Operator, _free_port, minimal_manifest
 from tests.speed import scaled
+from zeroth import api
 from zeroth.operator import builders
 
 pytestmark = pytest.mark.cluster
@@ -443,13 +444,13 @@ def test_a_run_created_again_under_its_name_never_adopts_the_earlier_runs_childr
     for obj in held:
         c.kubectl("patch", obj, "-n", ns, "--type=merge", "-p", json.dumps({"metadata": {"finalizers": [HOLD]}}))
     # the old trainer finishes as the new run arrives: its Succeeded pod must not end the new run
-    c.kubectl("label", "pod", "twice-trainer-0", "-n", ns, f"{EXIT_ZERO}=true")
+    c.kubectl("label", "pod", "twice-trainer-0", "-n", ns, f"{EXIT_ZERO}=0")
     wait_for("the old trainer Succeeded", lambda: all(p["status"].get("phase") == "Succeeded"
                                                         for p in pods_of(c, ns, "twice", "trainer")))
     c.kubectl("delete", "rr", "twice", "-n", ns, "--wait=false")
     wait_for("the old run gone", lambda: not c.get("rr", "-n", ns)["items"])
     c.apply(run_manifest("twice", trainers=1, trainer_gpus=0, rollouts=1, rollout_gpus=0,
-                         grpo={"learningRate": 3e-6}), "-n", ns)
+                         algorithm={"learningRate": 3e-6}), "-n", ns)
     new_uid = run_of(c, ns, "twice")["metadata"]["uid"]
     assert new_uid != old_uid
 
@@ -471,7 +472,7 @@ def test_a_run_created_again_under_its_name_never_adopts_the_earlier_runs_childr
     wait_for("the new run Running", phase_is(c, ns, "twice", "Running"), timeout=90, operator=operator)
     config = c.get("configmap", "twice-config", "-n", ns)
     assert config["metadata"]["ownerReferences"][0]["uid"] == new_uid
-    assert json.loads(config["data"]["run.json"])["spec"]["grpo"]["learningRate"] == 3e-6  # its own spec, not the old
+    assert json.loads(config["data"]["run.json"])["spec"]["algorithm"]["learningRate"] == 3e-6  # its own spec, not the old
     for p in pods_of(c, ns, "twice"):
         assert p["metadata"]["ownerReferences"][0]["uid"] == new_uid
     trainer = pods_of(c, ns, "twice", "trainer")[0]["spec"]["containers"][0]["command"]
@@ -481,3 +482,63 @@ def test_a_run_created_again_under_its_name_never_adopts_the_earlier_runs_childr
     assert token["valueFrom"]["secretKeyRef"]["name"] == builders.token_secret_name("twice", new_uid)
     stalled_now = {x["type"]: x for x in run_of(c, ns, "twice")["status"]["conditions"]}["Stalled"]
     assert stalled_now["status"] == "False"
+
+
+def test_pod_settings_edited_while_suspended_reach_the_pods_when_it_resumes(crd, operator, namespace):
+    """Every WHILE_SUSPENDED field, edited while the run is suspended: the config is frozen again at
+    once (observedGeneration follows), and the pods of the resumed run carry each new value."""
+    from tests.integration.test_crd import EDITS, _at
+
+    c, ns = crd, namespace
+    for kind, body in (("PriorityClass", {"apiVersion": "scheduling.k8s.io/v1", "value": 1000}),
+                       ("RuntimeClass", {"apiVersion": "node.k8s.io/v1", "handler": "runc"})):
+        c.apply({"kind": kind, "metadata": {"name": f"zeroth-edit-{ns}"}, **body})
+    running(c, operator, ns, "edit", trainers=1, trainer_gpus=0, rollouts=1, rollout_gpus=0)
+    first = run_of(c, ns, "edit")["status"]["config"]
+    c.kubectl("patch", "rr", "edit", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    wait_for("Suspended", phase_is(c, ns, "edit", "Suspended"), operator=operator)
+    values = {**EDITS, "trainer.nodeSelector": {"type": "kwok"}, "rollout.nodeSelector": {"type": "kwok"},
+              "priorityClassName": f"zeroth-edit-{ns}", "rollout.runtimeClassName": f"zeroth-edit-{ns}"}
+    patch: dict = {"spec": {}}
+    for path in api.WHILE_SUSPENDED:
+        _merge_into(patch, _at(path, values[path]))
+    c.kubectl("patch", "rr", "edit", "-n", ns, "--type=merge", "-p", json.dumps(patch))
+    generation = run_of(c, ns, "edit")["metadata"]["generation"]
+    status = wait_for("the config frozen again", lambda: (s := run_of(c, ns, "edit")["status"])
+                      .get("observedGeneration") == generation and s, operator=operator)
+    assert status["config"] == f"edit-config-{generation}" != first and status["phase"] == "Suspended"
+    frozen = json.loads(c.get("configmap", status["config"], "-n", ns)["data"]["run.json"])["spec"]
+    for path in api.WHILE_SUSPENDED:
+        node = frozen
+        for key in path.split("."):
+            node = node[key]
+        assert node == values[path] or (path.endswith("resources") and node["requests"] == {"cpu": "2"}), path
+
+    c.kubectl("patch", "rr", "edit", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    wait_for("Running again", phase_is(c, ns, "edit", "Running"), timeout=90, operator=operator)
+    for role in ("trainer", "rollout"):
+        pod = live(pods_of(c, ns, "edit", role))[0]
+        spec, box = pod["spec"], pod["spec"]["containers"][0]
+        assert box["image"] == "example.com/zeroth:2" and box["imagePullPolicy"] == "Always", role
+        assert box["resources"]["requests"]["cpu"] == "2" and {"name": "NCCL_DEBUG", "value": "INFO"} in box["env"]
+        assert box["envFrom"] == [{"secretRef": {"name": "hf"}}]
+        assert spec["nodeSelector"] == {"type": "kwok"} and {"key": "k", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+        assert spec["affinity"] == {"podAntiAffinity": {}} and spec["terminationGracePeriodSeconds"] == 120
+        assert spec["priorityClassName"] == f"zeroth-edit-{ns}" and spec["imagePullSecrets"] == [{"name": "regcred"}]
+        assert pod["metadata"]["labels"]["team"] == "a" and pod["metadata"]["annotations"]["note"] == "x"
+        assert pod["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+        if role == "trainer":
+            assert {"name": "config", "configMap": {"name": status["config"]}} in spec["volumes"]
+        else:
+            assert spec["runtimeClassName"] == f"zeroth-edit-{ns}"
+    assert run_of(c, ns, "edit")["status"]["observedGeneration"] == run_of(c, ns, "edit")["metadata"]["generation"]
+    for kind in ("priorityclass", "runtimeclass"):
+        c.kubectl("delete", kind, f"zeroth-edit-{ns}", "--wait=false")
+
+
+def _merge_into(into: dict, patch: dict) -> None:
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge_into(into[key], value)
+        else:
+            into[key] = value

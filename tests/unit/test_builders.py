@@ -429,22 +429,40 @@ def test_gpu_placement_is_merged_with_the_spec():
     assert c["resources"] == {"requests": {"cpu": "4", "memory": "32Gi", "nvidia.com/gpu": "2"},
                               "limits": {"memory": "48Gi", "nvidia.com/gpu": "2"}}
     assert spec["nodeSelector"] == {"pool": "a100", "nvidia.com/gpu.present": "true"}
-    assert spec["tolerations"] == [DEDICATED, {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert spec["tolerations"] == [DEDICATED, {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                                   *NODE_LOST]
     assert spec["affinity"] == AFFINITY
     assert (c["image"], c["imagePullPolicy"]) == ("registry.example/zeroth:dev", "Always")
 
 
+# a trainer pod leaves a node that stopped answering after 30 s, not Kubernetes' 300
+NODE_LOST = [{"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30},
+             {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}]
+
+
 def test_a_gpu_toleration_in_the_spec_is_not_doubled():
     for pod in _pods(CASES["arc-agi-1"]):
-        if pod["metadata"]["labels"]["zeroth.dev/role"] != "ray-head":
-            assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+        role = pod["metadata"]["labels"]["zeroth.dev/role"]
+        if role != "ray-head":
+            assert pod["spec"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                                                  *(NODE_LOST if role == "trainer" else [])]
 
 
 def test_cpu_pods_ask_for_no_gpu():
     for pod in _pods(CASES["cpu"]):
         text = json.dumps(pod)
         assert "nvidia.com" not in text, pod["metadata"]["name"]
-        assert "nodeSelector" not in pod["spec"] and "tolerations" not in pod["spec"]
+        trainer = pod["metadata"]["labels"]["zeroth.dev/role"] == "trainer"
+        assert "nodeSelector" not in pod["spec"] and pod["spec"].get("tolerations", []) == (NODE_LOST if trainer else [])
+
+
+def test_a_roles_own_toleration_of_a_lost_node_wins():
+    run = validation.validate(_manifest("patient", trainer={"tolerations": [
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}]}))
+    tolerations = builders.trainer_pod(run, UID, 0, attempt=0)["spec"]["tolerations"]
+    assert [t for t in tolerations if t.get("effect") == "NoExecute"] == [
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5},
+        NODE_LOST[0]]
 
 
 # ------------------------------------------------------------------------------- Kueue, priority

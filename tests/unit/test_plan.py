@@ -39,7 +39,7 @@ def pod(name: str, role: str, number: int = 0, attempt: int = 0, phase: str = "R
     meta: dict = {"name": name, "labels": labels,
                   "ownerReferences": [{"kind": "ReasoningRun", "name": RUN, "uid": UID, "controller": True}]}
     if terminating:
-        meta["deletionTimestamp"] = "2026-11-24T11:59:00Z"
+        meta["deletionTimestamp"] = "2026-11-24T12:00:30Z"
     return {"metadata": meta, "spec": {"nodeName": node} if node else {}, "status": status}
 
 
@@ -352,12 +352,12 @@ def test_a_disrupted_rank_restarts_the_whole_gang_without_counting_against_the_b
     pods = gang()
     rank1 = pods[1]
     if how == "deleted":  # kubectl delete pod, a drain: terminating
-        rank1["metadata"]["deletionTimestamp"] = "2026-11-24T11:59:00Z"
+        rank1["metadata"]["deletionTimestamp"] = "2026-11-24T12:00:30Z"
     elif how == "evicted":  # the Eviction API, or the kubelet under node pressure
         rank1["status"] = {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}
     elif how == "preempted":  # the scheduler, or the taint manager for a lost node
         rank1["status"]["conditions"].append({"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"})
-        rank1["metadata"]["deletionTimestamp"] = "2026-11-24T11:59:00Z"
+        rank1["metadata"]["deletionTimestamp"] = "2026-11-24T12:00:30Z"
     else:  # already removed
         pods.remove(rank1)
     p = planning.plan(RUN, UID, spec(backoff=0), running, 1, pods, NOW)  # backoffLimit 0: a failure would end the run
@@ -391,7 +391,7 @@ def test_pods_still_terminating_from_a_suspension_are_no_disruption_of_the_resum
     suspended = planning.plan(RUN, UID, spec(suspend=True), running, 1, gang(), NOW).status
     leaving = gang()
     for q in leaving:
-        q["metadata"]["deletionTimestamp"] = "2026-11-24T11:59:00Z"
+        q["metadata"]["deletionTimestamp"] = "2026-11-24T12:00:30Z"
     p = planning.plan(RUN, UID, spec(), suspended, 1, leaving, NOW)
     assert p.status["restarts"] == 0 and p.status["disruptions"] == 0 and p.status["startedAttempt"] is None
 
@@ -439,7 +439,7 @@ def test_an_earlier_runs_finished_gang_is_never_adopted():
 def test_an_earlier_runs_pods_hold_the_new_gang_until_they_are_gone():
     old = _of_another_run(gang(attempt=2, phase="Running"))  # other names (attempt 2), same host names
     for q in old:
-        q["metadata"]["deletionTimestamp"] = "2026-11-24T11:59:00Z"
+        q["metadata"]["deletionTimestamp"] = "2026-11-24T12:00:30Z"
     waiting = planning.plan(RUN, UID, spec(), None, 1, old, NOW)
     assert waiting.create == [] and waiting.delete == []  # not ours to delete: the garbage collector's
     assert waiting.status["restarts"] == 0 and waiting.status["startedAttempt"] is None
@@ -459,3 +459,40 @@ def test_other_children_of_an_earlier_run_hold_the_run_too():
     assert p.create == [] and p.status["phase"] == "Pending"
     assert p.status["message"].startswith("waiting for objects of another run named demo to go")
     assert p.status["message"].endswith(": ConfigMap demo-config")
+
+
+# ------------------------------------------------------------------------------ a node that is lost
+
+
+def _deleted(q: dict, at: datetime) -> dict:
+    q["metadata"]["deletionTimestamp"] = at.strftime("%Y-%m-%dT%H:%M:%SZ")  # the end of its grace period
+    q["status"]["conditions"].append({"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager"})
+    return q
+
+
+def test_a_new_gang_waits_for_an_old_rank_still_terminating_but_not_for_one_on_a_lost_node():
+    """The taint manager evicted rank 1 from a node that stopped answering: the gang restarts. Its
+    pod stays (phase Running, deleted), since no kubelet confirms the deletion; the new gang waits
+    for it during its grace period and LOST_AFTER_SECONDS more, then no longer."""
+    status = {"phase": "Running", "restarts": 0, "startedAttempt": 0}
+    pods = gang()
+    _deleted(pods[1], NOW + timedelta(seconds=30))
+    restart = planning.plan(RUN, UID, spec(), status, 1, pods, NOW)
+    assert restart.status["restarts"] == 1 and restart.status["disruptions"] == 1
+    assert not [c for c in restart.create if c[0] == "trainer"]  # rank 1 of attempt 0 still in its grace period
+    rank0_gone = [q for q in pods if q["metadata"]["name"] != "demo-trainer-0"]
+    later = NOW + timedelta(seconds=30 + planning.LOST_AFTER_SECONDS - 1)
+    waiting = planning.plan(RUN, UID, spec(), restart.status, 1, rank0_gone, later)
+    assert not [c for c in waiting.create if c[0] == "trainer"] and waiting.requeue_after == pytest.approx(1.0)
+    lost = planning.plan(RUN, UID, spec(), restart.status, 1, rank0_gone, later + timedelta(seconds=1))
+    assert sorted(c for c in lost.create if c[0] == "trainer") == [("trainer", 0), ("trainer", 1)]
+    assert lost.status["restarts"] == 1  # the lost pod is no new failure
+
+
+def test_isoformat_times_from_the_client_are_read_too():
+    status = {"phase": "Running", "restarts": 1, "startedAttempt": 1}
+    old = gang()[:2]
+    for q in old:
+        q["metadata"]["deletionTimestamp"] = (NOW - timedelta(seconds=planning.LOST_AFTER_SECONDS + 5)).isoformat()
+    p = planning.plan(RUN, UID, spec(), status, 1, old, NOW)
+    assert sorted(c for c in p.create if c[0] == "trainer") == [("trainer", 0), ("trainer", 1)]
