@@ -420,6 +420,28 @@ def _data_volumes(run: api.ReasoningRun) -> tuple[list[dict[str, Any]], list[dic
     return volumes, mounts
 
 
+MODEL_CACHE_VOLUME = "model-cache"
+
+
+def _model_cache(run: api.ReasoningRun) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The volume, mount and environment of `spec.modelCache` (none when it is unset): Hugging Face's
+    cache (HF_HOME) and Zeroth's (built-in models, download locks and markers) on the shared claim."""
+    cache = run.spec.model_cache
+    if cache is None:
+        return [], [], []
+    path = cache.path.rstrip("/")
+    volumes = [{"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache.volume_claim_name}}]
+    mounts = [{"name": MODEL_CACHE_VOLUME, "mountPath": path}]
+    env = [{"name": "HF_HOME", "value": f"{path}/huggingface"}, {"name": "ZEROTH_MODEL_CACHE", "value": path}]
+    return volumes, mounts, env
+
+
+def _user_volumes(placement: api.Placement) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The role's own `volumes` and `volumeMounts`, after the operator's (whose names and paths the API refuses)."""
+    return ([v.model_dump(by_alias=True, mode="json", exclude_none=True) for v in placement.volumes],
+            [m.model_dump(by_alias=True, mode="json", exclude_none=True) for m in placement.volume_mounts])
+
+
 def trainer_command(run: api.ReasoningRun, rank: int) -> list[str]:
     """One process per pod when G = 1; torchrun starting G processes (one per GPU) otherwise."""
     spec, name = run.spec, run.metadata.name
@@ -461,7 +483,7 @@ def trainer_env(run: api.ReasoningRun, rank: int) -> list[dict[str, Any]]:
         "ZEROTH_RUN": name,
         "ZEROTH_NAMESPACE": ns,
     }
-    return [{"name": k, "value": v} for k, v in values.items()] + _token_env(name)
+    return [{"name": k, "value": v} for k, v in values.items()] + _token_env(name) + _model_cache(run)[2]
 
 
 def trainer_pod(run: api.ReasoningRun, uid: str, rank: int, attempt: int, resumes: int = 0) -> dict[str, Any]:
@@ -473,8 +495,10 @@ def trainer_pod(run: api.ReasoningRun, uid: str, rank: int, attempt: int, resume
     metadata = _pod_metadata(run, uid, pod_name, ROLE_TRAINER, {LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)},
                              resumes, trainer)
     data_volumes, data_mounts = _data_volumes(run)
-    volumes = [{"name": "config", "configMap": {"name": config_map_name(name)}}] + data_volumes
-    mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}] + data_mounts
+    cache_volumes, cache_mounts, _ = _model_cache(run)
+    user_volumes, user_mounts = _user_volumes(trainer)
+    volumes = [{"name": "config", "configMap": {"name": config_map_name(name)}}] + data_volumes + cache_volumes + user_volumes
+    mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}] + data_mounts + cache_mounts + user_mounts
     container = _with_user_env({
         "name": "trainer",
         "image": run.spec.trainer_image(),
@@ -565,19 +589,23 @@ def rollout_pod(run: api.ReasoningRun, uid: str, index: int, resumes: int = 0) -
     name, rollout = run.metadata.name, run.spec.rollout
     metadata = _pod_metadata(run, uid, rollout_pod_name(name, index), ROLE_ROLLOUT, {LABEL_INDEX: str(index)}, resumes,
                              rollout)
+    cache_volumes, cache_mounts, cache_env = _model_cache(run)
+    user_volumes, user_mounts = _user_volumes(rollout)
     container = _with_user_env({
         "name": "rollout",
         "image": run.spec.rollout_image(),
         "imagePullPolicy": rollout.image_pull_policy,
         "command": rollout_command(run),
-        "env": _token_env(name),
+        "env": _token_env(name) + cache_env,
         "resources": _resources(rollout, rollout.gpus_per_replica),
     }, rollout)
+    if cache_mounts or user_mounts:
+        container["volumeMounts"] = cache_mounts + user_mounts
     extra = _placement(rollout, rollout.gpus_per_replica)
     if rollout.runtime_class_name:
         extra["runtimeClassName"] = rollout.runtime_class_name
-    return _pod(run, uid, metadata, container, [], restart_policy="Always", placement=rollout, extra=extra,
-                init=wait_for_head_container(run))
+    return _pod(run, uid, metadata, container, cache_volumes + user_volumes, restart_policy="Always", placement=rollout,
+                extra=extra, init=wait_for_head_container(run))
 
 
 # ----------------------------------------------------------------------------------------- groups
