@@ -235,7 +235,12 @@ def _reconcile(namespace: str, name: str) -> None:
     listed = core.list_namespaced_pod(namespace, label_selector=f"{builders.LABEL_RUN}={name}").items
     pods = [_clients["api"].sanitize_for_serialization(p) for p in listed]
     now = datetime.now(timezone.utc)
-    p = planning.plan(name, run.spec, status, body["metadata"].get("generation"), pods, now)
+    # ttlSecondsAfterFinished acts from the live spec (like a Job's, it may be set or changed at any time)
+    spec = run.spec.model_copy(update={"ttl_seconds_after_finished": live.spec.ttl_seconds_after_finished})
+    p = planning.plan(name, spec, status, body["metadata"].get("generation"), pods, now)
+    if p.delete_run:
+        _delete_run(namespace, name, uid)
+        return
 
     # status first: a restart's new attempt number must be stored before its pods change
     if any(status.get(k) != v for k, v in p.status.items()):
@@ -276,6 +281,20 @@ def _reconcile(namespace: str, name: str) -> None:
         later.start()
     _phases[(namespace, name)] = p.status["phase"]
     _publish_phases()
+
+
+def _delete_run(namespace: str, name: str, uid: str) -> None:
+    """A finished run whose ttlSecondsAfterFinished has passed: deleted (the garbage collector takes
+    its children), only if it is still the run this pass read (uid precondition), never a new run of
+    the same name."""
+    log.info("deleting %s/%s: finished ttlSecondsAfterFinished ago", namespace, name)
+    try:
+        _clients["custom"].delete_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name,
+            body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)))
+    except ApiException as e:
+        if e.status not in (404, 409):  # gone already, or a new run of that name (the precondition failed)
+            raise
 
 
 def _post_event(body: dict[str, Any], ev: planning.Event, now: datetime) -> None:

@@ -201,6 +201,33 @@ def test_the_run_succeeds_when_every_trainer_exits_zero(crd, operator, namespace
     assert ("Normal", "Succeeded") in events_of(c, ns, "done")
 
 
+def test_a_finished_run_is_deleted_ttl_seconds_after_it_finishes_with_its_children(crd, operator, namespace):
+    """spec.ttlSecondsAfterFinished, with the chart's RBAC; its pods carry volumes of their own
+    (admitted under Pod Security restricted, as the namespace enforces)."""
+    c, ns = crd, namespace
+    volumes = {"volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}},
+                           {"name": "extra", "configMap": {"name": "absent", "optional": True}}],
+               "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"},
+                                {"name": "extra", "mountPath": "/etc/extra", "readOnly": True}]}
+    m = run_manifest("brief", trainers=1, trainer_gpus=0, rollouts=1, rollout_gpus=0, ttlSecondsAfterFinished=2)
+    m["spec"]["trainer"].update(volumes)
+    m["spec"]["rollout"].update(volumes)
+    c.apply(m, "-n", ns)
+    wait_for("brief Running", phase_is(c, ns, "brief", "Running"), operator=operator)
+    for p in pods_of(c, ns, "brief", "trainer") + pods_of(c, ns, "brief", "rollout"):
+        assert "/scratch" in [v["mountPath"] for v in p["spec"]["containers"][0]["volumeMounts"]], p["metadata"]["name"]
+    (trainer,) = pods_of(c, ns, "brief", "trainer")
+    c.kubectl("label", "pod", trainer["metadata"]["name"], "-n", ns, f"{EXIT_ZERO}=0")
+    finished = time.monotonic()
+    wait_for("the run deleted", lambda: c.kubectl("get", "rr", "brief", "-n", ns, check=False).returncode != 0,
+             timeout=30, operator=operator)
+    assert time.monotonic() - finished >= 2  # not before its TTL
+    assert ("Normal", "Succeeded") in events_of(c, ns, "brief")  # it finished first (Events outlive their run)
+    kinds = "configmap,secret,serviceaccount,service,pod"
+    wait_for("its children garbage-collected",
+             lambda: c.get(kinds, "-n", ns, "-l", "zeroth.dev/run=brief")["items"] == [], timeout=90, operator=operator)
+
+
 def test_deleting_the_run_garbage_collects_every_child(crd, operator, namespace):
     c, ns = crd, namespace
     running(c, operator, ns, "gone")
