@@ -238,9 +238,6 @@ def _reconcile(namespace: str, name: str) -> None:
     # ttlSecondsAfterFinished acts from the live spec (like a Job's, it may be set or changed at any time)
     spec = run.spec.model_copy(update={"ttl_seconds_after_finished": live.spec.ttl_seconds_after_finished})
     p = planning.plan(name, spec, status, body["metadata"].get("generation"), pods, now)
-    if p.delete_run:
-        _delete_run(namespace, name, uid)
-        return
 
     # status first: a restart's new attempt number must be stored before its pods change
     if any(status.get(k) != v for k, v in p.status.items()):
@@ -272,6 +269,9 @@ def _reconcile(namespace: str, name: str) -> None:
         _create(obj)
     for ev in p.events:
         _post_event(body, ev, now)
+    if p.delete_run:  # last: a run that finishes with a TTL of 0 still writes its final status and Events
+        _delete_run(namespace, name, uid)
+        return
     if p.requeue_after is not None:  # a deadline falls due with no event to say so: one timer a run
         key = (namespace, name)
         if key in _requeues:
