@@ -228,6 +228,32 @@ def test_a_finished_run_is_deleted_ttl_seconds_after_it_finishes_with_its_childr
              lambda: c.get(kinds, "-n", ns, "-l", "zeroth.dev/run=brief")["items"] == [], timeout=90, operator=operator)
 
 
+def test_a_runs_pods_share_its_model_cache_claim(crd, operator, namespace):
+    """spec.modelCache on a real control plane: a claim bound (statically, to a PersistentVolume of
+    its own) and mounted by every trainer and rollout pod, which Pod Security restricted admits and
+    the scheduler places."""
+    c, ns = crd, namespace
+    pv = f"{ns}-models"
+    c.apply({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
+             "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
+                      "persistentVolumeReclaimPolicy": "Retain", "csi": {"driver": "example.csi", "volumeHandle": pv},
+                      "claimRef": {"namespace": ns, "name": "models"}}})
+    try:
+        c.apply({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models", "namespace": ns},
+                 "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": pv,
+                          "resources": {"requests": {"storage": "1Gi"}}}})
+        running(c, operator, ns, "cached", trainers=2, trainer_gpus=0, rollouts=1, rollout_gpus=0,
+                modelCache={"volumeClaimName": "models"})
+        pods = pods_of(c, ns, "cached", "trainer") + pods_of(c, ns, "cached", "rollout")
+        assert len(pods) == 3
+        for p in pods:
+            assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "models"}} in p["spec"]["volumes"]
+            env = {e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]}
+            assert env["HF_HOME"] == "/cache/models/huggingface", p["metadata"]["name"]
+    finally:
+        c.kubectl("delete", "pv", pv, "--wait=false", check=False)
+
+
 def test_deleting_the_run_garbage_collects_every_child(crd, operator, namespace):
     c, ns = crd, namespace
     running(c, operator, ns, "gone")
