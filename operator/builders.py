@@ -446,6 +446,30 @@ def _data_volumes(run: api.ReasoningRun) -> tuple[list[dict[str, Any]], list[dic
     return volumes, mounts
 
 
+MODEL_CACHE_VOLUME = "model-cache"
+
+
+def _model_cache(run: api.ReasoningRun) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The volume, mount and environment of `spec.modelCache` (none when it is unset): Hugging Face's
+    cache (HF_HOME) and Zeroth's (built-in models, download locks and markers) on the shared claim."""
+    cache = run.spec.model_cache
+    if cache is None:
+        return [], [], []
+    path = cache.path.rstrip("/")
+    volumes = [{"name": MODEL_CACHE_VOLUME, "persistentVolumeClaim": {"claimName": cache.volume_claim_name}}]
+    mounts = [{"name": MODEL_CACHE_VOLUME, "mountPath": path}]
+    env = [{"name": "HF_HOME", "value": f"{path}/huggingface"}, {"name": "ZEROTH_MODEL_CACHE", "value": path}]
+    return volumes, mounts, env
+
+
+def _user_volumes(placement: api.Placement) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The role's own `volumes` and `volumeMounts`, after the operator's (whose names and paths the API refuses)."""
+    return ([v.model_dump(by_alias=True, mode="json", exclude_none=True) for v in placement.volumes],
+            [m.model_dump(by_alias=True, mode="json", exclude_none=True) for m in placement.volume_mounts])
+
+
+
+
 def run_directory(root: str, name: str, uid: str) -> str:
     """A run's directory under a checkpoint or export path: keyed by its uid, so that a run deleted and
     created again with the same name on a shared volume starts afresh, never from the old checkpoints."""
@@ -493,7 +517,7 @@ def trainer_env(run: api.ReasoningRun, rank: int, uid: str) -> list[dict[str, An
         "ZEROTH_RUN": name,
         "ZEROTH_NAMESPACE": ns,
     }
-    return [{"name": k, "value": v} for k, v in values.items()] + _token_env(name, uid)
+    return [{"name": k, "value": v} for k, v in values.items()] + _token_env(name, uid) + _model_cache(run)[2]
 
 
 def trainer_pod(run: api.ReasoningRun, uid: str, rank: int, attempt: int, resumes: int = 0,
@@ -507,8 +531,10 @@ def trainer_pod(run: api.ReasoningRun, uid: str, rank: int, attempt: int, resume
     metadata = _pod_metadata(run, uid, pod_name, ROLE_TRAINER, {LABEL_RANK: str(rank), LABEL_ATTEMPT: str(attempt)},
                              resumes, trainer)
     data_volumes, data_mounts = _data_volumes(run)
-    volumes = [{"name": "config", "configMap": {"name": config or config_map_name(name)}}] + data_volumes
-    mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}] + data_mounts
+    cache_volumes, cache_mounts, _ = _model_cache(run)
+    user_volumes, user_mounts = _user_volumes(trainer)
+    volumes = [{"name": "config", "configMap": {"name": config or config_map_name(name)}}] + data_volumes + cache_volumes + user_volumes
+    mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}] + data_mounts + cache_mounts + user_mounts
     container = _with_user_env({
         "name": "trainer",
         "image": run.spec.trainer_image(),
@@ -599,19 +625,23 @@ def rollout_pod(run: api.ReasoningRun, uid: str, index: int, resumes: int = 0) -
     name, rollout = run.metadata.name, run.spec.rollout
     metadata = _pod_metadata(run, uid, rollout_pod_name(name, index), ROLE_ROLLOUT, {LABEL_INDEX: str(index)}, resumes,
                              rollout)
+    cache_volumes, cache_mounts, cache_env = _model_cache(run)
+    user_volumes, user_mounts = _user_volumes(rollout)
     container = _with_user_env({
         "name": "rollout",
         "image": run.spec.rollout_image(),
         "imagePullPolicy": rollout.image_pull_policy,
         "command": rollout_command(run),
-        "env": _token_env(name, uid),
+        "env": _token_env(name, uid) + cache_env,
         "resources": _resources(rollout, rollout.gpus_per_replica),
     }, rollout)
+    if cache_mounts or user_mounts:
+        container["volumeMounts"] = cache_mounts + user_mounts
     extra = _placement(rollout, rollout.gpus_per_replica)
     if rollout.runtime_class_name:
         extra["runtimeClassName"] = rollout.runtime_class_name
-    return _pod(run, uid, metadata, container, [], restart_policy="Always", placement=rollout, extra=extra,
-                init=wait_for_head_container(run, uid))
+    return _pod(run, uid, metadata, container, cache_volumes + user_volumes, restart_policy="Always", placement=rollout,
+                extra=extra, init=wait_for_head_container(run, uid))
 
 
 # ----------------------------------------------------------------------------------------- groups

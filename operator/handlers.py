@@ -297,6 +297,9 @@ def _reconcile(namespace: str, name: str) -> None:
         _create(obj)
     for ev in p.events:
         _post_event(body, ev, now)
+    if p.delete_run:  # last: a run that finishes with a TTL of 0 still writes its final status and Events
+        _delete_run(namespace, name, uid)
+        return
     if p.requeue_after is not None:  # a deadline falls due with no event to say so: one timer a run
         key = (namespace, name)
         if key in _requeues:
@@ -306,6 +309,20 @@ def _reconcile(namespace: str, name: str) -> None:
         later.start()
     _phases[(namespace, name)] = p.status["phase"]
     _publish_phases()
+
+
+def _delete_run(namespace: str, name: str, uid: str) -> None:
+    """A finished run whose ttlSecondsAfterFinished has passed: deleted (the garbage collector takes
+    its children), only if it is still the run this pass read (uid precondition), never a new run of
+    the same name."""
+    log.info("deleting %s/%s: finished ttlSecondsAfterFinished ago", namespace, name)
+    try:
+        _clients["custom"].delete_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name,
+            body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)))
+    except ApiException as e:
+        if e.status not in (404, 409):  # gone already, or a new run of that name (the precondition failed)
+            raise
 
 
 def _post_event(body: dict[str, Any], ev: planning.Event, now: datetime) -> None:

@@ -134,6 +134,7 @@ class Plan:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None  # seconds: plan again then, event or not (a deadline falls due)
+    delete_run: bool = False  # the run finished ttlSecondsAfterFinished ago: delete it (its children go with it)
 
 
 def plan(name: str, uid: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, generation: int | None,
@@ -290,6 +291,13 @@ def plan(name: str, uid: str, spec: api.ReasoningRunSpec, status: dict[str, Any]
         "startTime": status.get("startTime") or stamp(now),
         "completionTime": status.get("completionTime") or (stamp(now) if finished else None),
     }
+    ttl = spec.ttl_seconds_after_finished
+    if finished and ttl is not None:  # the run's one timer: nothing else is pending once it has finished
+        due = ttl - _seconds_since(p.status["completionTime"], now)
+        if due <= 0:
+            p.delete_run = True
+        else:
+            p.requeue_after = due
     if phase != old_phase:
         kind = "Warning" if phase == "Failed" else "Normal"
         p.events.append(Event(kind, phase, message or phase))

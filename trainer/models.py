@@ -234,6 +234,8 @@ def build_tiny_arith(dest: Path, tokens: int = PRETRAIN_TOKENS, seed: int = PRET
 
 _CACHE_SECTION = "# --- the cache ---"
 
+from zeroth.trainer import model_cache  # noqa: E402 - here, not above: the recipe key hashes the file above the section
+
 
 def models_cache() -> Path:
     """`$ZEROTH_CACHE/models`, default `~/.cache/zeroth/models`."""
@@ -295,19 +297,28 @@ def tiny_arith_path(cache_dir: Path | None = None, tokens: int | None = None,
     return final
 
 
-# Builders of `builtin:` models; a test checks these match zeroth.api.BUILTIN_MODELS.
+# Builders of `builtin:` models, and where each is once built; a test checks these match zeroth.api.BUILTIN_MODELS.
 BUILTINS = {TINY_ARITH: tiny_arith_path}
+LOCATIONS = {TINY_ARITH: tiny_arith_location}
 
 
 def resolve(model: ModelSpec, cache_dir: Path | None = None, building: Callable[[], None] | None = None) -> str:
     """What to pass to `from_pretrained`: a built-in model's cached folder (built if missing, or
-    waited for while another process builds it), or the hub id or path as it is (the caller passes
-    `model.revision`). `cache_dir` replaces `$ZEROTH_CACHE/models`; `building()` is called when this
-    process starts a build."""
+    waited for while another process builds it); with a shared model cache (`spec.modelCache`,
+    `$ZEROTH_MODEL_CACHE`), a hub model's snapshot folder in it (downloaded by one process, waited
+    for by the others); else the hub id or path as it is (the caller passes `model.revision`).
+    `cache_dir` replaces `$ZEROTH_CACHE/models`; a built-in model missing there (not in the image)
+    is built into the shared cache, when there is one. `building()` is called when this process
+    starts a build."""
     kind, _, name = model.name.partition(":")
+    shared = model_cache.cache_root()
     if kind != "builtin":
+        if shared is not None and not Path(model.name).exists():  # a hub id, downloaded once for every pod
+            return str(model_cache.cached_snapshot(model.name, model.revision, shared))
         return model.name
     if name not in BUILTINS:
         raise ValueError(f"unknown built-in model {model.name!r}; known: "
                          + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS))
+    if cache_dir is None and shared is not None and not LOCATIONS[name]().is_dir():
+        cache_dir = shared  # built once for every pod of the run, and kept for the next
     return str(BUILTINS[name](cache_dir, building=building))

@@ -412,11 +412,214 @@ class EnvFromSource(Spec):
     """The ConfigMap."""
 
 
+# Volumes and mount paths of the operator's own (docs/operator.md, "Pods"; a builder test checks the
+# pods use no others): a role's `volumes` and `volumeMounts` may not take these names or paths.
+RESERVED_VOLUMES = ("tmp", "shm", "config", "checkpoint", "export", "model-cache")
+RESERVED_MOUNT_PATHS = ("/tmp", "/dev/shm", "/etc/zeroth", "/var/run/secrets/kubernetes.io/serviceaccount")
+MODEL_CACHE_ENV = ("HF_HOME", "HF_HUB_CACHE")  # the operator sets HF_HOME where spec.modelCache is set
+_VOLUME_NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# absolute, no trailing or doubled slash, no ':' (the runtime's separator), no `.` or `..` segment
+_MOUNT_PATH = r"^(/[^/:]+)+$"
+_DOT_SEGMENT = "(^|/)[.][.]?(/|$)"
+
+
+def _cel_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def nested(a: str, b: str) -> str:
+    """CEL: paths `a` and `b` (expressions) are the same or one lies inside the other."""
+    return f"({a} == {b} || {a}.startsWith({b} + '/') || {b}.startsWith({a} + '/'))"
+
+
+class KeyToPath(Spec):
+    """One key of a ConfigMap or Secret volume, as a file."""
+
+    key: str = Field(min_length=1, max_length=253)
+    """The key."""
+    path: str = Field(min_length=1, max_length=1024, pattern=r"^[^/]")
+    """Relative path of its file in the volume."""
+    mode: int | None = Field(default=None, ge=0, le=0o777)
+    """Permission bits of the file."""
+
+
+class PersistentVolumeClaimSource(Spec):
+    """A PersistentVolumeClaim in the run's namespace."""
+
+    claim_name: DnsName
+    """The claim's name."""
+    read_only: bool | None = None
+    """Mount it read-only."""
+
+
+class ConfigMapSource(Spec):
+    """A ConfigMap's keys as files."""
+
+    name: DnsName
+    """The ConfigMap's name."""
+    items: list[KeyToPath] | None = Field(default=None, max_length=64)
+    """Only these keys, at these paths. Empty: every key, named after it."""
+    default_mode: int | None = Field(default=None, ge=0, le=0o777)
+    """Permission bits of the files."""
+    optional: bool | None = None
+    """true: a missing ConfigMap is no error."""
+
+
+class SecretSource(Spec):
+    """A Secret's keys as files."""
+
+    secret_name: DnsName
+    """The Secret's name."""
+    items: list[KeyToPath] | None = Field(default=None, max_length=64)
+    """Only these keys, at these paths. Empty: every key, named after it."""
+    default_mode: int | None = Field(default=None, ge=0, le=0o777)
+    """Permission bits of the files."""
+    optional: bool | None = None
+    """true: a missing Secret is no error."""
+
+
+class EmptyDirSource(Spec):
+    """A scratch directory that lives as long as the pod."""
+
+    medium: Literal["", "Memory"] | None = None
+    """`Memory`: a tmpfs (counted against the container's memory limit). Empty: the node's disk."""
+    size_limit: Quantity | None = None
+    """Largest size (`10Gi`); the pod is evicted beyond it."""
+
+
+class NFSSource(Spec):
+    """An NFS export."""
+
+    server: str = Field(min_length=1, max_length=253)
+    """Host name or IP address of the NFS server."""
+    path: str = Field(min_length=1, max_length=1024, pattern=r"^/")
+    """Exported path."""
+    read_only: bool | None = None
+    """Mount it read-only."""
+
+
+class Volume(Spec):
+    """A volume of a role's pods, as in a pod's `volumes`, with one source: persistentVolumeClaim,
+    configMap, secret, emptyDir, nfs, csi or ephemeral (the last two passed to the pod as they are,
+    for the API server to check when the pod is created). No hostPath: the pods keep to Pod Security
+    "restricted", which refuses it; nfs is outside that profile too, so a namespace enforcing it
+    refuses pods with an nfs volume (use a claim bound to an NFS PersistentVolume there)."""
+
+    cel_rules = (
+        Rule("!(self.name in " + _cel_list(RESERVED_VOLUMES) + ")",
+             f"volume names {', '.join(RESERVED_VOLUMES)} are the operator's (docs/operator.md): choose another",
+             ".name"),
+        Rule(" + ".join(f"(has(self.{s}) ? 1 : 0)" for s in
+                        ("persistentVolumeClaim", "configMap", "secret", "emptyDir", "nfs", "csi", "ephemeral")) + " == 1",
+             "set exactly one source: persistentVolumeClaim, configMap, secret, emptyDir, nfs, csi or ephemeral",
+             ".name"),
+    )
+
+    name: str = Field(min_length=1, max_length=63, pattern=_VOLUME_NAME)
+    """Volume name (a DNS label), which `volumeMounts` refer to."""
+    persistent_volume_claim: PersistentVolumeClaimSource | None = None
+    """A PersistentVolumeClaim."""
+    config_map: ConfigMapSource | None = None
+    """A ConfigMap's keys as files."""
+    secret: SecretSource | None = None
+    """A Secret's keys as files."""
+    empty_dir: EmptyDirSource | None = None
+    """A scratch directory for the pod's life."""
+    nfs: NFSSource | None = None
+    """An NFS export."""
+    csi: PreservedObject | None = None
+    """A CSI inline volume (`driver`, `volumeAttributes`, ...), as in Kubernetes."""
+    ephemeral: PreservedObject | None = None
+    """A generic ephemeral volume (`volumeClaimTemplate`), as in Kubernetes."""
+
+
+class VolumeMount(Spec):
+    """Where a role's container mounts one of the role's `volumes`."""
+
+    cel_rules = (
+        Rule("!self.mountPath.matches('" + _DOT_SEGMENT + "')", "mountPath may not have a '.' or '..' segment",
+             ".mountPath"),
+        Rule("!" + _cel_list(RESERVED_MOUNT_PATHS) + ".exists(p, " + nested("self.mountPath", "p") + ")",
+             f"mountPath may not be, hold or lie inside the operator's mounts ({', '.join(RESERVED_MOUNT_PATHS)})",
+             ".mountPath"),
+        Rule("!has(self.subPath) || !self.subPath.matches('" + _DOT_SEGMENT + "')",
+             "subPath may not have a '.' or '..' segment", ".subPath"),
+    )
+
+    name: str = Field(min_length=1, max_length=63, pattern=_VOLUME_NAME)
+    """The volume, by name: one of the role's `volumes`."""
+    mount_path: str = Field(max_length=1024, pattern=_MOUNT_PATH)
+    """Absolute path in the container (no trailing slash)."""
+    read_only: bool | None = None
+    """Mount it read-only."""
+    sub_path: str | None = Field(default=None, min_length=1, max_length=1024, pattern=r"^[^/]")
+    """Mount only this relative path of the volume."""
+
+
+def _volume_rules() -> tuple[Rule, ...]:
+    return (
+        Rule("!has(self.volumes) || self.volumes.all(a, self.volumes.exists_one(b, b.name == a.name))",
+             "volume names must be unique", ".volumes"),
+        Rule("!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) && "
+             "self.volumes.exists(v, v.name == m.name))",
+             "each volumeMount must name one of this role's volumes", ".volumeMounts"),
+        Rule("!has(self.volumeMounts) || self.volumeMounts.all(a, self.volumeMounts.exists_one(b, "
+             + nested("a.mountPath", "b.mountPath") + "))",
+             "mountPaths must be distinct and not lie inside one another", ".volumeMounts"),
+    )
+
+
+class ModelCacheSpec(Spec):
+    """A volume shared by every trainer and rollout pod of the run, where the model is downloaded
+    once and found again by every pod, gang restart and resume."""
+
+    cel_rules = (
+        Rule("!self.path.matches('" + _DOT_SEGMENT + "')", "path may not have a '.' or '..' segment", ".path"),
+        Rule("!" + _cel_list(RESERVED_MOUNT_PATHS) + ".exists(p, " + nested("self.path", "p") + ")",
+             f"path may not be, hold or lie inside the operator's mounts ({', '.join(RESERVED_MOUNT_PATHS)})",
+             ".path"),
+    )
+
+    volume_claim_name: DnsName
+    """PersistentVolumeClaim holding the cache; ReadWriteMany when the run's pods may land on more than
+    one node (NFS, CephFS, Filestore, EFS: a volume where file locks work across nodes)."""
+    path: str = Field(default="/cache/models", max_length=1024, pattern=_MOUNT_PATH)
+    """Where the pods mount it. `HF_HOME` is `PATH/huggingface` (hub models and `hf:` datasets),
+    `ZEROTH_MODEL_CACHE` is PATH (built-in models, and the locks and markers that let one pod
+    download a model while the others wait for it)."""
+
+
+def _spec_volume_rules() -> tuple[Rule, ...]:
+    """Rules of ReasoningRunSpec on the roles' volumes that need more than the role: the checkpoint,
+    export and model-cache paths, and the model cache's environment."""
+    ckpt, export, cache = "self.checkpoint.path", "self.export.path", "self.modelCache.path"
+    trainer = "!has(self.trainer.volumeMounts) || self.trainer.volumeMounts.all(m, !{})"
+    rollout = "!has(self.rollout.volumeMounts) || self.rollout.volumeMounts.all(m, !{})"
+    env = "!has(self.{0}.env) || self.{0}.env.all(e, !(e.name in " + _cel_list(MODEL_CACHE_ENV) + "))"
+    return (
+        Rule(trainer.format(nested("m.mountPath", ckpt) + " && !" + nested("m.mountPath", export)),
+             "trainer mountPaths may not be, hold or lie inside checkpoint.path or export.path", ".trainer.volumeMounts"),
+        Rule("!has(self.modelCache) || (" + trainer.format(nested("m.mountPath", cache)) + ")",
+             "trainer mountPaths may not be, hold or lie inside modelCache.path", ".trainer.volumeMounts"),
+        Rule("!has(self.modelCache) || (" + rollout.format(nested("m.mountPath", cache)) + ")",
+             "rollout mountPaths may not be, hold or lie inside modelCache.path", ".rollout.volumeMounts"),
+        Rule("!has(self.modelCache) || (!" + nested(cache, ckpt) + " && !" + nested(cache, export) + ")",
+             "modelCache.path may not be, hold or lie inside checkpoint.path or export.path", ".modelCache.path"),
+        Rule("!has(self.modelCache) || (" + env.format("trainer") + ")",
+             f"with modelCache set the operator sets {', '.join(MODEL_CACHE_ENV)}: trainer.env may not",
+             ".trainer.env"),
+        Rule("!has(self.modelCache) || (" + env.format("rollout") + ")",
+             f"with modelCache set the operator sets {', '.join(MODEL_CACHE_ENV)}: rollout.env may not",
+             ".rollout.env"),
+    )
+
+
 class Placement(Spec):
     """Pod settings shared by the trainer and the rollout fleet (each subclass lists these rules: a
     class's rules are its own, not inherited)."""
 
-    cel_rules = (*_owned_keys_rule("labels", "labels", _LABEL_VALUE), *_owned_keys_rule("annotations", "annotations"))
+    cel_rules = (*_owned_keys_rule("labels", "labels", _LABEL_VALUE), *_owned_keys_rule("annotations", "annotations"),
+                 *_volume_rules())
 
     image: Image | None = None
     """Container image with Zeroth installed. Default: this Zeroth version's image, `ghcr.io/zeroth-dev/zeroth:VERSION`
@@ -452,6 +655,12 @@ class Placement(Spec):
     """Seconds a pod has between SIGTERM and SIGKILL when it is deleted (a suspend, a gang restart, a
     drain); the trainer checkpoints the step in flight in that time, which at billions of parameters
     needs more than Kubernetes' default of 30."""
+    volumes: list[Volume] = Field(default_factory=list, max_length=32)
+    """Extra volumes of the role's pods (a dataset on a claim, a CA bundle from a ConfigMap), beside
+    the operator's own (whose names they may not take). The Ray head gets none."""
+    volume_mounts: list[VolumeMount] = Field(default_factory=list, max_length=32)
+    """Where the role's main container mounts its `volumes` (not at, over or inside the operator's
+    mounts: /tmp, /dev/shm, /etc/zeroth, the checkpoint, export and model-cache paths)."""
 
 
 class TrainerSpec(Placement):
@@ -565,11 +774,13 @@ class CostSpec(Spec):
 #     the gang behind the user's back; a suspension makes that restart the user's choice.
 #   IMMUTABLE: what the run's training is: its checkpoints depend on it. A new run changes it.
 _ROLE_POD_FIELDS = ("image", "imagePullPolicy", "resources", "nodeSelector", "tolerations", "affinity",
-                    "gpuNodeSelector", "env", "envFrom", "labels", "annotations", "terminationGracePeriodSeconds")
+                    "gpuNodeSelector", "env", "envFrom", "labels", "annotations", "terminationGracePeriodSeconds",
+                    "volumes", "volumeMounts")
 LIVE = ("suspend", "rollout.replicas", "backoffLimit", "failOnExitCodes", "startupDeadlineSeconds",
-        "activeDeadlineSeconds")
+        "activeDeadlineSeconds", "ttlSecondsAfterFinished")
 WHILE_SUSPENDED = (*(f"{role}.{f}" for role in ("trainer", "rollout") for f in _ROLE_POD_FIELDS),
-                   "rollout.runtimeClassName", "queueName", "priorityClassName", "imagePullSecrets", "cost", "eval")
+                   "rollout.runtimeClassName", "queueName", "priorityClassName", "imagePullSecrets", "cost", "eval",
+                   "modelCache")
 IMMUTABLE = ("model", "dataset", "verifiers", "algorithm", "checkpoint", "export",
              "trainer.replicas", "trainer.gpusPerReplica", "trainer.microBatchSize", "trainer.deepspeed",
              "rollout.gpusPerReplica", "rollout.engine", "rollout.tensorParallelSize", "rollout.gpuMemoryUtilization",
@@ -611,6 +822,7 @@ class ReasoningRunSpec(Spec):
             ".rollout.replicas",
         ),
         *_edit_rules(),
+        *_spec_volume_rules(),
     )
 
     model: ModelSpec
@@ -653,6 +865,14 @@ class ReasoningRunSpec(Spec):
     """PriorityClass of the run's pods."""
     image_pull_secrets: list[DnsName] = Field(default_factory=list, max_length=16)
     """Secrets (kubernetes.io/dockerconfigjson) every pod of the run pulls its image with."""
+    model_cache: ModelCacheSpec | None = None
+    """A claim every trainer and rollout pod mounts as the model cache: the model is downloaded into
+    it once (one pod downloads under a lock, the others wait and read it) and reused by every pod,
+    gang restart and resume. Empty: each pod downloads the model into its own /tmp at every start."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    """Seconds after `status.completionTime` at which the operator deletes a finished (Succeeded or
+    Failed) run, and with it every child (as a Job's `ttlSecondsAfterFinished`). Empty: kept until
+    deleted by hand."""
 
     def default_image(self) -> str:
         """This version's image, for the pods whose `image` is unset: the CUDA flavour when any pod of

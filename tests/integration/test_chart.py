@@ -249,6 +249,7 @@ ALLOWED = [
     "list reasoningruns.zeroth.dev -", "watch reasoningruns.zeroth.dev -", "get reasoningruns.zeroth.dev team-a",
     "get reasoningruns.zeroth.dev/status team-a", "patch reasoningruns.zeroth.dev/status team-a",
     "update reasoningruns.zeroth.dev/finalizers team-a",
+    "delete reasoningruns.zeroth.dev team-a",  # spec.ttlSecondsAfterFinished
     "create pods -", "list pods -", "watch pods -", "patch pods team-a", "delete pods team-a",
     "get configmaps team-a", "create configmaps team-a", "create secrets team-a", "create serviceaccounts team-a",
     "create services team-a", "create roles.rbac.authorization.k8s.io team-a",
@@ -272,7 +273,7 @@ DENIED = [
     "create pods/exec team-a", "get pods/log team-a", "create pods/portforward team-a",
     "update pods/status team-a", "create pods/eviction team-a",
     # the runs belong to their users
-    "create reasoningruns.zeroth.dev team-a", "delete reasoningruns.zeroth.dev team-a",
+    "create reasoningruns.zeroth.dev team-a",
     "update reasoningruns.zeroth.dev team-a", "patch reasoningruns.zeroth.dev team-a",
     "update reasoningruns.zeroth.dev/status team-a",
     # workloads, namespaces, cluster extension points

@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+import yaml
 
 from tests.conftest import EXAMPLES, Cluster, minimal_manifest
 from zeroth import api
@@ -39,6 +40,32 @@ def test_explain_prints_field_descriptions(crd: Cluster):
         field = api.AlgorithmSpec.model_fields[name]
         assert field.alias in out
         assert _squash(field.description)[:60] in out, name
+
+
+def test_explain_documents_volumes_the_model_cache_and_the_ttl(crd: Cluster):
+    spec = _squash(crd.kubectl("explain", "reasoningrun.spec").stdout)
+    for name in ("model_cache", "ttl_seconds_after_finished"):
+        assert _squash(api.ReasoningRunSpec.model_fields[name].description)[:60] in spec, name
+    mounts = _squash(crd.kubectl("explain", "reasoningrun.spec.trainer.volumeMounts").stdout)
+    assert _squash(api.VolumeMount.model_fields["mount_path"].description) in mounts
+    volumes = _squash(crd.kubectl("explain", "reasoningrun.spec.rollout.volumes").stdout)
+    assert _squash(api.Volume.model_fields["persistent_volume_claim"].description) in volumes
+
+
+def test_every_volume_source_passes_server_side_dry_run(crd: Cluster, namespace: str):
+    m = minimal_manifest("vols")
+    m["spec"]["modelCache"] = {"volumeClaimName": "hf-models", "path": "/models"}
+    m["spec"]["trainer"] = {"volumes": [
+        {"name": "a", "persistentVolumeClaim": {"claimName": "data", "readOnly": True}},
+        {"name": "b", "configMap": {"name": "cm", "items": [{"key": "k", "path": "k.txt", "mode": 0o444}], "optional": True}},
+        {"name": "c", "secret": {"secretName": "s", "defaultMode": 0o400}},
+        {"name": "d", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+        {"name": "e", "nfs": {"server": "nfs.example", "path": "/x"}},
+        {"name": "f", "csi": {"driver": "example.csi"}},
+        {"name": "g", "ephemeral": {"volumeClaimTemplate": {"spec": {"accessModes": ["ReadWriteOnce"]}}}},
+    ], "volumeMounts": [{"name": n, "mountPath": f"/mnt/{n}"} for n in "abcdefg"]}
+    out = crd.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(m)).stdout
+    assert "created (server dry run)" in out
 
 
 def test_short_name_and_category(crd: Cluster, namespace: str):
@@ -99,7 +126,9 @@ EDITS = {
         "nodeSelector": {"pool": "a"}, "tolerations": [{"key": "k", "operator": "Exists", "effect": "NoSchedule"}],
         "affinity": {"podAntiAffinity": {}}, "gpuNodeSelector": {}, "env": [{"name": "NCCL_DEBUG", "value": "INFO"}],
         "envFrom": [{"secretRef": {"name": "hf"}}], "labels": {"team": "a"}, "annotations": {"note": "x"},
-        "terminationGracePeriodSeconds": 120}.items()},
+        "terminationGracePeriodSeconds": 120, "volumes": [{"name": "extra", "emptyDir": {}}],
+        "volumeMounts": [{"name": "extra", "mountPath": "/extra"}]}.items()},
+    "modelCache": {"volumeClaimName": "hf-cache"}, "ttlSecondsAfterFinished": 600,
     "rollout.runtimeClassName": "gvisor", "queueName": "team-a", "priorityClassName": "high",
     "imagePullSecrets": ["regcred"], "cost": {"pricePerGpuHour": 2.5}, "eval": {"everySteps": 10},
     "suspend": True, "rollout.replicas": 3, "backoffLimit": 5, "failOnExitCodes": [3],

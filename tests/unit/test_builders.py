@@ -80,6 +80,21 @@ VARIANTS = {
                  "envFrom": [{"secretRef": {"name": "s3", "optional": True}}], "labels": {"team": "rl-rollout"},
                  "annotations": {"sidecar.istio.io/inject": "false"}, "terminationGracePeriodSeconds": 60},
     ),
+    "volumes": _manifest(
+        "vols", modelCache={"volumeClaimName": "hf-cache"},
+        trainer={"volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}},
+                             {"name": "ca", "configMap": {"name": "ca-bundle", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                             {"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}}],
+                 "volumeMounts": [{"name": "data", "mountPath": "/data", "readOnly": True},
+                                  {"name": "ca", "mountPath": "/etc/ssl/extra", "subPath": "certs"},
+                                  {"name": "scratch", "mountPath": "/scratch"}]},
+        rollout={"volumes": [{"name": "keys", "secret": {"secretName": "api-keys", "defaultMode": 0o400}},
+                             {"name": "fast", "ephemeral": {"volumeClaimTemplate": {"spec": {
+                                 "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}}}}}},
+                             {"name": "driver", "csi": {"driver": "secrets-store.csi.k8s.io", "readOnly": True}}],
+                 "volumeMounts": [{"name": "keys", "mountPath": "/keys", "readOnly": True},
+                                  {"name": "fast", "mountPath": "/fast"}, {"name": "driver", "mountPath": "/mnt/csi"}]},
+    ),
 }
 CASES = {**{p.stem: validation.load(p) for p in EXAMPLES}, **{k: validation.validate(v) for k, v in VARIANTS.items()}}
 
@@ -346,6 +361,11 @@ def _mounts(pod: dict) -> dict[str, dict]:
     ("shared-path", {"/data": {"persistentVolumeClaim": {"claimName": "data-pvc"}}}),
     ("same-claim", {"/checkpoints": {"persistentVolumeClaim": {"claimName": "data-pvc"}},
                     "/exports": {"persistentVolumeClaim": {"claimName": "data-pvc"}}}),
+    ("volumes", {"/checkpoints": {"emptyDir": {}}, "/exports": {"emptyDir": {}},
+                 "/cache/models": {"persistentVolumeClaim": {"claimName": "hf-cache"}},
+                 "/data": {"persistentVolumeClaim": {"claimName": "datasets", "readOnly": True}, "readOnly": True},
+                 "/etc/ssl/extra": {"configMap": {"name": "ca-bundle", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                 "/scratch": {"emptyDir": {"sizeLimit": "50Gi"}}}),
 ])
 def test_trainer_volumes(case, data):
     run = CASES[case]
@@ -645,7 +665,9 @@ def test_the_env_names_the_api_reserves_are_the_ones_the_operator_sets():
                 set_by_operator |= {e["name"] for e in c["env"]}
     user = {e.name for case in CASES.values() for p in (case.spec.trainer, case.spec.rollout) for e in p.env}
     operator_only = set_by_operator - user
-    assert operator_only and all(n in api.RESERVED_ENV or n.startswith("ZEROTH_") for n in operator_only), operator_only
+    # HF_HOME and HF_HUB_CACHE are reserved where spec.modelCache is set (a CEL rule), the only runs where the operator sets them
+    assert operator_only and all(n in api.RESERVED_ENV or n.startswith("ZEROTH_") or n in api.MODEL_CACHE_ENV
+                                 for n in operator_only), operator_only
 
 
 def test_torchrun_in_a_pod_gives_its_processes_the_pods_grace_period():
@@ -726,3 +748,70 @@ def test_a_trainer_pod_reads_the_config_it_is_given():
     assert {"name": "config", "configMap": {"name": "countdown-tiny-config"}} in first
     assert {"name": "config", "configMap": {"name": "countdown-tiny-config-7"}} in later
     assert builders.config_map(run, UID, "countdown-tiny-config-7")["metadata"]["name"] == "countdown-tiny-config-7"
+
+
+# -------------------------------------------------------------------- volumes and the model cache
+
+
+def test_a_roles_volumes_reach_its_pods_and_only_its_pods():
+    pods = _by_name(_pods(CASES["volumes"]))
+    trainer, rollout, head = (pods[("Pod", n)] for n in ("vols-trainer-0", "vols-rollout-0", "vols-ray-head"))
+    r = rollout["spec"]["containers"][0]
+    volumes = {v["name"]: v for v in rollout["spec"]["volumes"]}
+    assert {m["mountPath"]: (m["name"], m.get("readOnly"), m.get("subPath")) for m in r["volumeMounts"]} == {
+        "/tmp": ("tmp", None, None), "/dev/shm": ("shm", None, None), "/cache/models": ("model-cache", None, None),
+        "/keys": ("keys", True, None), "/fast": ("fast", None, None), "/mnt/csi": ("driver", None, None)}
+    assert volumes["keys"] == {"name": "keys", "secret": {"secretName": "api-keys", "defaultMode": 256}}
+    assert volumes["driver"] == {"name": "driver", "csi": {"driver": "secrets-store.csi.k8s.io", "readOnly": True}}
+    assert volumes["fast"]["ephemeral"]["volumeClaimTemplate"]["spec"]["resources"] == {"requests": {"storage": "10Gi"}}
+    assert not {"data", "ca", "scratch"} & set(volumes)  # the trainer's
+    t = trainer["spec"]["containers"][0]
+    assert {m["subPath"] for m in t["volumeMounts"] if "subPath" in m} == {"certs"}
+    assert not {"keys", "fast", "driver"} & {v["name"] for v in trainer["spec"]["volumes"]}  # the rollout's
+    # the head and the rollout's init container run no model: scratch space only
+    assert {v["name"] for v in head["spec"]["volumes"]} == {"tmp", "shm"}
+    assert [m["mountPath"] for m in rollout["spec"]["initContainers"][0]["volumeMounts"]] == ["/tmp", "/dev/shm"]
+
+
+def test_the_model_cache_is_every_trainer_and_rollout_pods_hugging_face_home():
+    run = CASES["volumes"]
+    for pod in _pods(run):
+        (c,) = pod["spec"]["containers"]
+        if pod["metadata"]["labels"]["zeroth.dev/role"] == "ray-head":
+            assert "HF_HOME" not in _env(c) and "model-cache" not in {v["name"] for v in pod["spec"]["volumes"]}
+            continue
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        assert mounts["/cache/models"] == "model-cache"
+        assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "hf-cache"}} in pod["spec"]["volumes"]
+        assert _env(c)["HF_HOME"] == "/cache/models/huggingface"
+        assert _env(c)["ZEROTH_MODEL_CACHE"] == "/cache/models"
+    moved = validation.validate(_manifest("moved", modelCache={"volumeClaimName": "c", "path": "/hf"}))
+    (c,) = builders.trainer_pod(moved, UID, 0, 0)["spec"]["containers"]
+    assert _env(c)["HF_HOME"] == "/hf/huggingface" and {"name": "model-cache", "mountPath": "/hf"} in c["volumeMounts"]
+    for pod in _pods(CASES["cpu"]):  # no cache: nothing of it
+        assert "HF_HOME" not in _env(pod["spec"]["containers"][0]) and "model-cache" not in json.dumps(pod)
+
+
+def test_an_nfs_volume_is_a_valid_pod_volume():
+    """nfs is outside Pod Security restricted (not in the variants above, which all must pass it),
+    but a valid source where the namespace allows it."""
+    run = validation.validate(_manifest("nfs", trainer={
+        "volumes": [{"name": "shared", "nfs": {"server": "nfs.example", "path": "/exports/data", "readOnly": True}}],
+        "volumeMounts": [{"name": "shared", "mountPath": "/shared"}]}))
+    pod = builders.trainer_pod(run, UID, 0, 0)
+    assert {"name": "shared", "nfs": {"server": "nfs.example", "path": "/exports/data", "readOnly": True}} in pod["spec"]["volumes"]
+    kubernetes_validate.validate(pod, K8S, strict=True)
+
+
+def test_the_volume_names_and_paths_the_api_reserves_are_the_ones_the_operator_uses():
+    """api.RESERVED_VOLUMES and RESERVED_MOUNT_PATHS (what a role's volumes may not take) cover every
+    volume and fixed mount path of the operator's, with the model cache and claims in use."""
+    run = validation.validate(_manifest("all", modelCache={"volumeClaimName": "c"},
+                                        checkpoint={"volumeClaimName": "k"}, export={"volumeClaimName": "e"}))
+    names, paths = set(), set()
+    for pod in _pods(run):
+        names |= {v["name"] for v in pod["spec"]["volumes"]}
+        for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", []):
+            paths |= {m["mountPath"] for m in c["volumeMounts"]}
+    assert names == set(api.RESERVED_VOLUMES)
+    assert paths - {"/checkpoints", "/exports", "/cache/models"} <= set(api.RESERVED_MOUNT_PATHS)

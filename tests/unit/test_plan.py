@@ -496,3 +496,47 @@ def test_isoformat_times_from_the_client_are_read_too():
         q["metadata"]["deletionTimestamp"] = (NOW - timedelta(seconds=planning.LOST_AFTER_SECONDS + 5)).isoformat()
     p = planning.plan(RUN, UID, spec(), status, 1, old, NOW)
     assert sorted(c for c in p.create if c[0] == "trainer") == [("trainer", 0), ("trainer", 1)]
+
+
+def _with_ttl(ttl: int | None, **extra):
+    m = minimal_manifest(RUN)
+    m["spec"].update(trainer={"replicas": 2, "gpusPerReplica": 0}, rollout={"replicas": 2, "gpusPerReplica": 0, "engine": "hf"},
+                     **({"ttlSecondsAfterFinished": ttl} if ttl is not None else {}), **extra)
+    return validation.validate(m).spec
+
+
+def test_a_finished_run_is_deleted_ttl_seconds_after_its_completion_time():
+    ttl = _with_ttl(120)
+    # the pass that sees the gang succeed: completionTime is now, the deletion due in 120 s
+    done = planning.plan(RUN, UID, ttl, {"phase": "Running", "startTime": "2026-11-24T11:00:00Z"}, 1, gang(phase="Succeeded"), NOW)
+    assert done.status["phase"] == "Succeeded" and done.status["completionTime"] == "2026-11-24T12:00:00Z"
+    assert not done.delete_run and done.requeue_after == pytest.approx(120)
+    later = planning.plan(RUN, UID, ttl, done.status, 1, gang(phase="Succeeded"), NOW + timedelta(seconds=90))
+    assert not later.delete_run and later.requeue_after == pytest.approx(30)
+    due = planning.plan(RUN, UID, ttl, done.status, 1, gang(phase="Succeeded"), NOW + timedelta(seconds=120))
+    assert due.delete_run and due.requeue_after is None
+    # a failed run too, its time counted from its own completionTime
+    failed = {"phase": "Failed", "completionTime": "2026-11-24T11:59:00Z", "startTime": "2026-11-24T11:00:00Z"}
+    assert not planning.plan(RUN, UID, ttl, failed, 1, [], NOW).delete_run
+    assert planning.plan(RUN, UID, ttl, failed, 1, [], NOW + timedelta(seconds=60)).delete_run
+    assert planning.plan(RUN, UID, _with_ttl(0), failed, 1, [], NOW).delete_run  # 0: at once
+
+
+def test_no_ttl_or_an_unfinished_run_is_never_deleted():
+    failed = {"phase": "Failed", "completionTime": "2026-11-24T11:59:00Z", "startTime": "2026-11-24T11:00:00Z"}
+    kept = planning.plan(RUN, UID, _with_ttl(None), failed, 1, [], NOW + timedelta(days=365))
+    assert not kept.delete_run and kept.requeue_after is None
+    running = planning.plan(RUN, UID, _with_ttl(0), {"phase": "Running", "startTime": "2026-11-24T11:00:00Z"}, 1, gang(), NOW)
+    assert running.status["phase"] == "Running" and not running.delete_run and running.requeue_after is None
+    suspended = planning.plan(RUN, UID, _with_ttl(0, suspend=True), {"phase": "Running", "startTime": "2026-11-24T11:00:00Z"}, 1,
+                              gang(), NOW)
+    assert suspended.status["phase"] == "Suspended" and not suspended.delete_run
+
+
+def test_the_ttl_timer_replaces_the_deadline_timer_once_the_run_finishes():
+    """One pending timer a run: while active it is the active deadline's, once finished the TTL's."""
+    both = _with_ttl(30, activeDeadlineSeconds=600)
+    started = {"phase": "Running", "startTime": "2026-11-24T11:55:00Z"}  # 300 s before NOW
+    assert planning.plan(RUN, UID, both, started, 1, gang(), NOW).requeue_after == pytest.approx(300)
+    failed = planning.plan(RUN, UID, both, started, 1, gang(), NOW + timedelta(seconds=300))
+    assert failed.status["phase"] == "Failed" and failed.requeue_after == pytest.approx(30) and not failed.delete_run
