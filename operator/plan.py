@@ -257,7 +257,7 @@ def plan(name: str, uid: str, spec: api.ReasoningRunSpec, status: dict[str, Any]
                     else:
                         p.requeue_after = min(p.requeue_after or startup - waited, startup - waited)
 
-    others = [f"pod {s.name}" for s in foreign] + list(earlier)
+    others = list(earlier) + [f"pod {s.name}" for s in foreign]
     if others and phase not in TERMINAL and not spec.suspend:
         p.create = []
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
