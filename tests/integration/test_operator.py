@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, Cluster, Operator, _free_port, minimal_manifest
+from tests.conftest import ROOT, Cluster, Operator, _free_port, hack_module, minimal_manifest
 from tests.speed import scaled
 from zeroth import api
 from zeroth.operator import builders
@@ -614,3 +614,74 @@ def _merge_into(into: dict, patch: dict) -> None:
             _merge_into(into[key], value)
         else:
             into[key] = value
+
+
+def _silence(c: Cluster, node: str) -> None:
+    """A ValidatingAdmissionPolicy that turns away every write of `node`'s kubelet (here kwok): its
+    lease renewals and node status, and its pods' status and final deletion. The node controller
+    then finds the node unreachable, as when a machine dies or its network goes, and taints it; the
+    controller-manager's own writes (kube-system's service accounts) pass."""
+    name = f"zeroth-test-silence-{node}"
+    on_node = (f"(request.resource.resource == 'pods' ? (request.operation == 'DELETE' ? oldObject : object).spec.nodeName "
+               f": object.metadata.name) != '{node}'")
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy", "metadata": {"name": name},
+        "spec": {"failurePolicy": "Fail", "matchConstraints": {"resourceRules": [
+            {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["nodes", "nodes/status"]},
+            {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE", "DELETE"], "resources": ["pods", "pods/status"]},
+            {"apiGroups": ["coordination.k8s.io"], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["leases"]}]},
+            "validations": [{"expression": f"{on_node} || "
+                             "request.userInfo.username.startsWith('system:serviceaccount:kube-system:') || "
+                             "request.userInfo.username.startsWith('system:kube-controller-manager')",
+                             "message": f"node {node} is lost (a test): its kubelet cannot reach the API server"}]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": name}, "spec": {"policyName": name, "validationActions": ["Deny"]}}
+    c.apply([policy, binding])
+
+
+def test_a_trainer_rank_on_a_node_that_stops_answering_restarts_the_gang_elsewhere(crd, operator, namespace):
+    """A node goes silent under a running gang: the node controller marks it unreachable and taints
+    it, the taint manager evicts the rank after its toleration, the gang restarts on another node
+    (a disruption, not counted against backoffLimit), and the new gang does not wait for the lost
+    pod, which no kubelet will ever confirm gone."""
+    c, ns = crd, namespace
+    hack = hack_module("cluster.py")
+    lost, spare, pool = f"lost-{ns}", f"spare-{ns}", {"zeroth.dev/test-pool": ns}
+
+    def node(name: str) -> dict:
+        manifest = hack.node_manifest(name, gpu=False)
+        manifest["metadata"]["labels"].update(pool)
+        return manifest
+    c.apply(node(lost))
+    quick = [{"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}
+             for key in ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready")]
+    try:
+        running(c, operator, ns, "stranded", trainers=2, trainer_gpus=0, rollouts=1, rollout_gpus=0, backoffLimit=0,
+                trainer={"replicas": 2, "gpusPerReplica": 0, "nodeSelector": pool, "tolerations": quick,
+                         "terminationGracePeriodSeconds": 1})
+        wait_for("the gang seen whole", lambda: run_of(c, ns, "stranded")["status"].get("startedAttempt") == 0,
+                 operator=operator)
+        assert {p["spec"]["nodeName"] for p in pods_of(c, ns, "stranded", "trainer")} == {lost}
+        c.apply(node(spare))
+        _silence(c, lost)
+
+        def new_gang():
+            pods = live(pods_of(c, ns, "stranded", "trainer"))
+            status = run_of(c, ns, "stranded")["status"]
+            return (len(pods) == 2 and all(p["metadata"]["labels"]["zeroth.dev/attempt"] == "1"
+                                           and p["status"].get("phase") == "Running" for p in pods)
+                    and status["phase"] == "Running" and status)
+        status = wait_for("a new gang on the spare node", new_gang, timeout=240, operator=operator)
+        assert (status["restarts"], status["disruptions"]) == (1, 1)  # backoffLimit 0, and still running
+        assert {p["spec"]["nodeName"] for p in live(pods_of(c, ns, "stranded", "trainer"))} == {spare}
+        ready = {x["type"]: x["status"] for x in c.get("node", lost)["status"]["conditions"]}["Ready"]
+        assert ready == "Unknown"
+        old = [p for p in pods_of(c, ns, "stranded", "trainer") if p["metadata"].get("deletionTimestamp")]
+        assert {p["spec"]["nodeName"] for p in old} == {lost} and len(old) == 2  # still there, unconfirmed
+        reasons = {x.get("reason") for p in old for x in p["status"].get("conditions", []) if x["type"] == "DisruptionTarget"}
+        assert reasons == {"DeletionByTaintManager"}
+        assert ("Warning", "GangRestart") in events_of(c, ns, "stranded")
+    finally:
+        c.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy",
+                  f"zeroth-test-silence-{lost}", "--ignore-not-found", check=False)
+        c.kubectl("delete", "node", lost, spare, "--ignore-not-found", "--wait=false", check=False)
