@@ -264,7 +264,7 @@ def _reconcile(namespace: str, name: str) -> None:
     listed = core.list_namespaced_pod(namespace, label_selector=f"{builders.LABEL_RUN}={name}").items
     pods = [_clients["api"].sanitize_for_serialization(p) for p in listed]
     now = datetime.now(timezone.utc)
-    p = planning.plan(name, uid, run.spec, status, observed, pods, now, tuple(earlier))
+    p = planning.plan(name, uid, run.spec, status, observed, pods, now, tuple(earlier), _mount_failures(namespace, pods))
     p.status["config"] = config
 
     # status first: a restart's new attempt number must be stored before its pods change
@@ -323,6 +323,20 @@ def _delete_run(namespace: str, name: str, uid: str) -> None:
     except ApiException as e:
         if e.status not in (404, 409):  # gone already, or a new run of that name (the precondition failed)
             raise
+
+
+def _mount_failures(namespace: str, pods: list[dict[str, Any]]) -> dict[str, str]:
+    """What the kubelet said of a volume it cannot mount (a missing Secret, a claim that will not
+    attach), by pod name, for the pods that wait on a node to start: it says so only in a
+    FailedMount Event, never in the pod's status. One list call, and only while such a pod exists."""
+    waiting = {p["metadata"]["uid"]: p["metadata"]["name"] for p in pods
+               if (p.get("status") or {}).get("phase", "Pending") == "Pending" and (p.get("spec") or {}).get("nodeName")}
+    if not waiting:
+        return {}
+    events = _clients["core"].list_namespaced_event(namespace, field_selector="reason=FailedMount").items
+    latest = sorted((e for e in events if e.involved_object.uid in waiting),
+                    key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
+    return {waiting[e.involved_object.uid]: e.message or "" for e in latest}
 
 
 def _post_event(body: dict[str, Any], ev: planning.Event, now: datetime) -> None:

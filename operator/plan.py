@@ -16,7 +16,7 @@ new pods of a queued run form the Kueue pod group of that number.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -138,12 +138,14 @@ class Plan:
 
 
 def plan(name: str, uid: str, spec: api.ReasoningRunSpec, status: dict[str, Any] | None, generation: int | None,
-         pods: list[dict[str, Any]], now: datetime, earlier: tuple[str, ...] = ()) -> Plan:
+         pods: list[dict[str, Any]], now: datetime, earlier: tuple[str, ...] = (),
+         mount_failures: dict[str, str] | None = None) -> Plan:
     """`pods` are those labelled with the run's name; only those the run `uid` controls are its own.
     Any other (an earlier run of the same name, still being collected; a pod made by hand) is never
     adopted, and while one exists no pod is created: their names, host names and Service would be
     shared. `earlier` names other children of the run's names that belong to another run (found by
-    the handlers); they hold the run back the same way."""
+    the handlers); they hold the run back the same way. `mount_failures`: what the kubelet said (in
+    a FailedMount Event) of a volume it cannot mount for a pod waiting to start, by pod name."""
     status = dict(status or {})
     old_phase = status.get("phase") or "Pending"
     restarts = int(status.get("restarts") or 0)
@@ -154,6 +156,9 @@ def plan(name: str, uid: str, spec: api.ReasoningRunSpec, status: dict[str, Any]
     # (deleted, evicted, its node lost) takes the gang with it; a resume starts the count again
     started_attempt = None if resuming else status.get("startedAttempt")
     every = [PodState.of(p) for p in pods]
+    failed_mounts = mount_failures or {}
+    every = [replace(s, held=("FailedMount", failed_mounts[s.name])) if s.name in failed_mounts and not s.held
+             and s.phase == "Pending" else s for s in every]
     states = [s for s in every if s.owner == uid]
     foreign = [s for s in every if s.owner != uid]
     live = [s for s in states if not s.terminating]

@@ -364,6 +364,9 @@ ON_REAL_NODE = {"nodeSelector": {"zeroth.dev/node": "real"},
     ("no-image", {**ON_REAL_NODE, "image": "nowhere.invalid/zeroth:1"}, ("ErrImagePull", "ImagePullBackOff")),
     ("no-secret", {**ON_REAL_NODE, "image": "zeroth.dev/busybox:test", "imagePullPolicy": "Never",
                    "envFrom": [{"secretRef": {"name": "not-created"}}]}, ("CreateContainerConfigError",)),
+    ("no-volume", {**ON_REAL_NODE, "image": "zeroth.dev/busybox:test", "imagePullPolicy": "Never",
+                   "volumes": [{"name": "keys", "secret": {"secretName": "not-created"}}],
+                   "volumeMounts": [{"name": "keys", "mountPath": "/keys"}]}, ("FailedMount",)),
 ])
 def test_a_pod_held_back_says_why_in_get_describe_and_an_event(crd, operator, namespace, case, trainer, reasons):
     """The real scheduler's or the real node's kubelet's reason for a pod that cannot start reaches
@@ -386,7 +389,7 @@ def test_a_pod_held_back_says_why_in_get_describe_and_an_event(crd, operator, na
     assert any(t == "Warning" and r in reasons for t, r in events_of(c, ns, case))
     if case == "unschedulable":
         assert "Insufficient nvidia.com/gpu" in cond["message"]  # the scheduler's own words
-    if case == "no-secret":
+    if case in ("no-secret", "no-volume"):
         assert "not-created" in cond["message"]  # the kubelet's: which Secret
 
 

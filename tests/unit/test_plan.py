@@ -540,3 +540,15 @@ def test_the_ttl_timer_replaces_the_deadline_timer_once_the_run_finishes():
     assert planning.plan(RUN, UID, both, started, 1, gang(), NOW).requeue_after == pytest.approx(300)
     failed = planning.plan(RUN, UID, both, started, 1, gang(), NOW + timedelta(seconds=300))
     assert failed.status["phase"] == "Failed" and failed.requeue_after == pytest.approx(30) and not failed.delete_run
+
+
+def test_a_volume_that_cannot_be_mounted_holds_the_run_with_the_kubelets_words():
+    pods = gang(phase="Pending")  # scheduled, waiting on the node
+    said = 'MountVolume.SetUp failed for volume "keys" : secret "api-keys" not found'
+    p = planning.plan(RUN, UID, spec(), {"phase": "Initializing"}, 1, pods, NOW, mount_failures={"demo-trainer-1": said})
+    stalled = {c["type"]: c for c in p.status["conditions"]}["Stalled"]
+    assert (stalled["status"], stalled["reason"]) == ("True", "FailedMount")
+    assert stalled["message"] == f"pod demo-trainer-1: FailedMount: {said}" and said in p.status["message"]
+    assert ("Warning", "FailedMount") in [(e.type, e.reason) for e in p.events]
+    running = planning.plan(RUN, UID, spec(), {"phase": "Running"}, 1, gang(), NOW, mount_failures={"demo-trainer-1": said})
+    assert {c["type"]: c["status"] for c in running.status["conditions"]}["Stalled"] == "False"  # an old Event: mounted since
