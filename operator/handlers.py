@@ -1,7 +1,10 @@
 """kopf handlers: read the run and its pods, call the pure builders and the pure plan, apply, write status.
 
 Run with `kopf run --standalone --all-namespaces -m zeroth.operator.handlers` (the Helm chart's
-command). Every watch event of a run, and of any pod it owns, reconciles that run; kopf's first
+command), or namespace-scoped with `--namespace A --namespace B` instead of `--all-namespaces` and
+ZEROTH_WATCH_NAMESPACES=A,B (the chart's `watchNamespaces` sets both): then every call it makes,
+its own resync's listing included, stays inside those namespaces. The pod watch asks the API server
+for the operator's pods only (a label selector), so the rest of the cluster's pods never reach it. Every watch event of a run, and of any pod it owns, reconciles that run; kopf's first
 listing after a (re)start delivers every object once, so a restarted operator converges without
 any memory of its own. Reconciling is idempotent: children have fixed names and are created only
 when missing (an AlreadyExists answer means done, once the existing one's owner is the run), pods are deleted by name, and the status write
@@ -32,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import threading
 import time
@@ -79,8 +83,27 @@ def gpu_node_selector(value: str | None) -> dict[str, str]:
     return parsed
 
 
+def watch_namespaces(value: str | None) -> tuple[str, ...]:
+    """The namespaces a namespace-scoped operator serves, from its environment variable
+    (comma-separated; the chart's `watchNamespaces`); unset or empty: () for every namespace."""
+    names = tuple(n.strip() for n in (value or "").split(",") if n.strip())
+    bad = [n for n in names if not _DNS_LABEL.fullmatch(n)]
+    if bad:
+        raise SystemExit(f"{api.WATCH_NAMESPACES_VAR} must be namespace names separated by commas "
+                         f"(the chart's watchNamespaces), not {value!r}")
+    return tuple(dict.fromkeys(names))
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
 # read when kopf imports this module: a bad value stops the operator before it touches any run
-_settings: dict[str, Any] = {"gpu_node_selector": gpu_node_selector(os.environ.get(api.GPU_NODE_SELECTOR_VAR))}
+_settings: dict[str, Any] = {"gpu_node_selector": gpu_node_selector(os.environ.get(api.GPU_NODE_SELECTOR_VAR)),
+                             "watch_namespaces": watch_namespaces(os.environ.get(api.WATCH_NAMESPACES_VAR))}
+
+# The pods the operator watches, as a label selector the API server applies (kopf passes it as the
+# watch's labelSelector): every other pod of the cluster stays on the server.
+POD_LABELS = {builders.LABEL_MANAGED_BY: builders.MANAGED_BY, builders.LABEL_RUN: None}  # None: present
+POD_SELECTOR = ",".join(k if v is None else f"{k}={v}" for k, v in POD_LABELS.items())
 
 # connect, read: the time limits of every call the operator makes (its own and kopf's)
 API_TIMEOUT_SECONDS = (10.0, float(os.environ.get("ZEROTH_API_TIMEOUT_SECONDS", "30")))
@@ -113,6 +136,9 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # a stream with no event (bookmarks included: about one a minute) for this long is presumed
     # cut somewhere between here and the API server, and opened again
     settings.watching.inactivity_timeout = float(os.environ.get("ZEROTH_WATCH_IDLE_SECONDS", "70"))
+    # server-side: without it kopf lists and streams every pod of the cluster (or namespace) and
+    # drops the others only after decoding them (the handler's `labels` filter)
+    settings.watching.label_selectors["v1", "pods"] = POD_SELECTOR
     port = int(os.environ.get("ZEROTH_OPERATOR_METRICS_PORT", "8000"))
     if port:
         start_http_server(port, registry=_metrics.registry)
@@ -145,8 +171,7 @@ def run_event(event: dict[str, Any], namespace: str, name: str, **_: Any) -> Non
     reconcile(namespace, name)
 
 
-@kopf.on.event("v1", "pods", labels={builders.LABEL_RUN: kopf.PRESENT,
-                                      "app.kubernetes.io/managed-by": builders.MANAGED_BY})
+@kopf.on.event("v1", "pods", labels={k: kopf.PRESENT if v is None else v for k, v in POD_LABELS.items()})
 def pod_event(namespace: str, labels: dict[str, str], **_: Any) -> None:
     reconcile(namespace, labels[builders.LABEL_RUN])
 
@@ -208,7 +233,7 @@ def _resync_forever(seconds: float) -> None:
     while True:
         time.sleep(seconds)
         try:
-            runs = _clients["custom"].list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)["items"]
+            runs = _list_runs(_settings["watch_namespaces"])
         except Exception:  # noqa: BLE001 - the next round tries again
             log.exception("listing runs for the resync failed")
             continue
@@ -222,6 +247,16 @@ def _resync_forever(seconds: float) -> None:
         _publish_phases()
         for run in runs:
             _quietly(run["metadata"]["namespace"], run["metadata"]["name"])
+
+
+def _list_runs(namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Every run the operator serves: cluster-wide, or in each of its namespaces (where a
+    namespace-scoped operator's rights end)."""
+    custom = _clients["custom"]
+    if not namespaces:
+        return custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL)["items"]
+    return [run for ns in namespaces
+            for run in custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL)["items"]]
 
 
 def _reconcile(namespace: str, name: str) -> None:
@@ -488,7 +523,8 @@ def _namespace_terminating(e: ApiException) -> bool:
 
 def _has_pod_monitor() -> bool:
     """Whether the cluster serves monitoring.coreos.com/v1 (the Prometheus Operator's PodMonitor);
-    asked once per new run (one discovery call)."""
+    asked once per new run (one discovery call: /apis is open to every authenticated user, so a
+    namespace-scoped operator needs no cluster-wide right for it)."""
     groups = client.ApisApi(_clients["api"]).get_api_versions().groups
     return any(g.name == "monitoring.coreos.com" and any(v.version == "v1" for v in g.versions) for g in groups)
 

@@ -197,14 +197,16 @@ class Operator:
     health_port: int
     proc: subprocess.Popen | None = None
     env: dict[str, str] = field(default_factory=dict)  # settings of its own (ZEROTH_RESYNC_SECONDS, ...)
+    namespaces: tuple[str, ...] = ()  # namespace-scoped, as the chart's watchNamespaces runs it; () = all
 
     def start(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "ZEROTH_OPERATOR_METRICS_PORT": str(self.metrics_port),
-               **self.env}
+               "ZEROTH_WATCH_NAMESPACES": ",".join(self.namespaces), **self.env}
         kopf = Path(sys.executable).parent / "kopf"
+        scope = [a for ns in self.namespaces for a in ("--namespace", ns)] or ["--all-namespaces"]
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
-            [str(kopf), "run", "--standalone", "--all-namespaces", f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
+            [str(kopf), "run", "--standalone", *scope, f"--liveness=http://127.0.0.1:{self.health_port}/healthz",
              "-m", "zeroth.operator.handlers"], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + speed.scaled(60)
         while time.monotonic() < deadline:

@@ -344,6 +344,9 @@ class Resources(Spec):
 # GPU_NODE_SELECTOR_VAR (the chart's `gpuNodeSelector`); a run's `gpuNodeSelector` overrides both.
 DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_NODE_SELECTOR_VAR = "ZEROTH_GPU_NODE_SELECTOR"
+# The namespaces a namespace-scoped operator serves, comma-separated (the chart's `watchNamespaces`,
+# which also passes them to kopf as --namespace); unset or empty: every namespace.
+WATCH_NAMESPACES_VAR = "ZEROTH_WATCH_NAMESPACES"
 
 # Environment variables the operator sets in every pod (docs/operator.md): a run's `env` may not set
 # these, nor any ZEROTH_* name, so a user's value never silently replaces the contract.
