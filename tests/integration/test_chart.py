@@ -14,7 +14,7 @@ import yaml
 from tests.conftest import CRD_PATH, ROOT, Cluster, minimal_manifest, service_account_kubeconfig
 from tests.speed import scaled
 from zeroth import api, validation
-from zeroth.operator import builders
+from zeroth.operator import builders, handlers
 
 pytestmark = pytest.mark.cluster
 
@@ -136,6 +136,9 @@ def test_cluster_scoped_names_differ_per_namespace(cluster: Cluster):
     ("metrics.podMonitor.interval=often", "/metrics/podMonitor/interval"),
     ("imageTag=v1", "imageTag"),
     ("gpuNodeSelector=nvidia", "/gpuNodeSelector"),
+    ("watchNamespaces={team-a,Team_B}", "/watchNamespaces/1"),  # not a namespace name
+    ("watchNamespaces={team-a,team-a}", "/watchNamespaces"),
+    ("watchNamespaces=team-a", "/watchNamespaces"),  # a list, not a string
 ])
 def test_values_schema_refuses_naming_the_value(cluster: Cluster, setting: str, path: str):
     proc = cluster.run("helm", "template", "zeroth", str(CHART), "--kube-version", KUBE_VERSION, "--set", setting, check=False)
@@ -300,16 +303,20 @@ def access_review(user: str, row: str) -> dict:
                      "resourceAttributes": attributes}}
 
 
-@pytest.fixture(scope="module")
-def access(cluster: Cluster, release: Release) -> dict[str, bool]:
-    rows = ALLOWED + DENIED
+def access_of(cluster: Cluster, user: str, rows: list[str]) -> dict[str, bool]:
+    """The API server's answer to each row's SubjectAccessReview for `user`."""
     out = cluster.kubectl("create", "-o", "json", "-f", "-",
-                          stdin=yaml.safe_dump_all([access_review(release.user, r) for r in rows])).stdout
+                          stdin=yaml.safe_dump_all([access_review(user, r) for r in rows])).stdout
     decoder, reviews, at = json.JSONDecoder(), [], 0
     while out[at:].strip():  # one JSON document per review, back to back
         review, at = decoder.raw_decode(out, at + len(out[at:]) - len(out[at:].lstrip()))
         reviews.append(review)
     return {row: r["status"].get("allowed", False) for row, r in zip(rows, reviews, strict=True)}
+
+
+@pytest.fixture(scope="module")
+def access(cluster: Cluster, release: Release) -> dict[str, bool]:
+    return access_of(cluster, release.user, ALLOWED + DENIED)
 
 
 @pytest.mark.parametrize("row", ALLOWED)
@@ -381,3 +388,101 @@ def test_the_handlers_calls_succeed_with_the_service_accounts_token(crd: Cluster
         assert proc.returncode != 0 and "forbidden" in proc.stderr.lower(), (args, proc.stderr)
     escalation = as_operator(*refused[2], check=False).stderr
     assert "attempting to grant RBAC permissions not currently held" in escalation
+
+
+# ------------------------------------------------------------------ namespace-scoped install
+
+SCOPED = ("team-a", "team-b")
+
+
+def rights(rules: list[dict]) -> set[tuple[str, str, str]]:
+    """(group, resource, verb) of every right a list of RBAC rules grants."""
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+def test_watch_namespaces_render_a_role_in_each_and_only_cluster_scoped_rights_in_the_cluster_role(cluster: Cluster):
+    everywhere = render(cluster)
+    docs = render(cluster, "--set", f"watchNamespaces={{{','.join(SCOPED)}}}")
+    account = one(docs, "ServiceAccount")["metadata"]
+    roles = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "Role"}
+    bindings = {d["metadata"]["namespace"]: d for d in docs if d["kind"] == "RoleBinding"}
+    assert sorted(roles) == sorted(bindings) == sorted(SCOPED)
+    for ns, binding in bindings.items():
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": roles[ns]["metadata"]["name"]}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}]
+    # the same rights as the cluster-wide install, split: each Role holds every namespaced one and
+    # the ClusterRole only what no Role can grant (per the API server, the kinds it serves cluster-scoped)
+    all_rights = rights(one(everywhere, "ClusterRole")["rules"])
+    kept = rights(one(docs, "ClusterRole")["rules"])
+    for role in roles.values():
+        assert rights(role["rules"]) | kept == all_rights and not rights(role["rules"]) & kept
+    cluster_scoped = set(cluster.kubectl("api-resources", "--namespaced=false", "-o", "name").stdout.split())
+    assert kept and {f"{r.split('/')[0]}.{g}".rstrip(".") for g, r, _ in kept} <= cluster_scoped, kept
+    # kopf and the operator's own calls are given the same namespaces
+    (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    command = c["command"]
+    assert "--all-namespaces" not in command
+    assert tuple(command[i + 1] for i, a in enumerate(command) if a == "--namespace") == SCOPED
+    assert [a for a in command if a not in SCOPED and a != "--namespace"] == [a for a in COMMAND if a != "--all-namespaces"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert handlers.watch_namespaces(env[api.WATCH_NAMESPACES_VAR]) == SCOPED
+    # and the default install passes none: every namespace
+    (c,) = one(everywhere, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert api.WATCH_NAMESPACES_VAR not in {e["name"] for e in c["env"]}
+
+
+@pytest.fixture(scope="module")
+def scoped(cluster: Cluster):
+    """The chart installed to serve two fresh namespaces; a third is served by no one."""
+    ns = restricted_namespace(cluster, "zeroth-system")
+    watched = [restricted_namespace(cluster, "watched") for _ in range(2)]
+    other = restricted_namespace(cluster, "other")
+    try:
+        yield install(cluster, "scoped", ns, "--set", f"watchNamespaces={{{','.join(watched)}}}",
+                      "--set", "replicaCount=0"), watched, other
+    finally:
+        cluster.run("helm", "uninstall", "scoped", "-n", ns, "--wait", "--timeout", f"{scaled(60):.0f}s", check=False)
+        for name in (ns, *watched, other):
+            cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_scoped_install_creates_its_roles_in_the_watched_namespaces_only(cluster: Cluster, scoped):
+    rel, watched, other = scoped
+    selector = f"app.kubernetes.io/instance={rel.name},app.kubernetes.io/managed-by=Helm"
+    for kind in ("roles", "rolebindings"):
+        listed = cluster.get(kind, "-A", "-l", selector)["items"]
+        assert sorted(o["metadata"]["namespace"] for o in listed) == sorted(watched), kind
+    (kept,) = [r for r in cluster.get("clusterroles", "-l", selector)["items"]]
+    assert not {"pods", "reasoningruns", "secrets"} & {r for rule in kept["rules"] for r in rule["resources"]}
+
+
+def test_scoped_operator_holds_rights_in_its_namespaces_and_none_cluster_wide(cluster: Cluster, scoped):
+    """SubjectAccessReviews for the scoped release's ServiceAccount: what it may do in a watched
+    namespace, in another one, and cluster-wide ("-")."""
+    rel, watched, other = scoped
+    want: dict[str, bool] = {}
+    for verb in ("create", "list", "watch", "delete", "get", "patch"):
+        for ns in watched:
+            want[f"{verb} pods {ns}"] = True
+        want[f"{verb} pods {other}"] = False
+        want[f"{verb} pods -"] = False
+    for verb in ("get", "list", "watch"):
+        want |= {f"{verb} reasoningruns.zeroth.dev {watched[0]}": True,
+                 f"{verb} reasoningruns.zeroth.dev {other}": False, f"{verb} reasoningruns.zeroth.dev -": False}
+    want |= {f"patch reasoningruns.zeroth.dev/status {watched[1]}": True,
+             f"patch reasoningruns.zeroth.dev/status {other}": False, "patch reasoningruns.zeroth.dev/status -": False,
+             f"create secrets {watched[0]}": True, f"create secrets {other}": False, "create secrets -": False,
+             f"create roles.rbac.authorization.k8s.io {watched[0]}": True,
+             f"create roles.rbac.authorization.k8s.io {other}": False,
+             f"create events {other}": False, f"get configmaps {other}": False, "list configmaps -": False,
+             f"get secrets {watched[0]}": False, "list namespaces -": False,
+             "list customresourcedefinitions.apiextensions.k8s.io -": True,
+             "watch customresourcedefinitions.apiextensions.k8s.io -": True}
+    got = access_of(cluster, rel.user, list(want))
+    width = max(map(len, want))
+    print(f"\nSubjectAccessReviews of {rel.user}\n{'verb resource namespace':<{width}}  allowed  expected")
+    for row, expected in want.items():
+        print(f"{row:<{width}}  {'yes' if got[row] else 'no':<7}  {'yes' if expected else 'no'}"
+              f"{'' if got[row] == expected else '  <-- WRONG'}")
+    assert not [row for row, expected in want.items() if got[row] != expected]
