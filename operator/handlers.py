@@ -139,6 +139,11 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # server-side: without it kopf lists and streams every pod of the cluster (or namespace) and
     # drops the others only after decoding them (the handler's `labels` filter)
     settings.watching.label_selectors["v1", "pods"] = POD_SELECTOR
+    if _settings["watch_namespaces"]:
+        # kopf lists and watches namespaces (to match --namespace patterns; ours are exact names)
+        # and CRDs, both cluster-wide: a namespace-scoped operator has no right to either, and
+        # kopf would retry each refusal for about a minute before serving anything
+        settings.scanning.disabled = True
     port = int(os.environ.get("ZEROTH_OPERATOR_METRICS_PORT", "8000"))
     if port:
         start_http_server(port, registry=_metrics.registry)
