@@ -50,10 +50,11 @@ def cluster_env() -> dict[str, str]:
 
 def pod(name: str, ns: str, node: str, filler: int) -> dict:
     """An ordinary workload's pod: a few labels and env, and an annotation standing in for the rest
-    of a real pod's metadata (last-applied configuration, sidecar injection, ...)."""
+    of a real pod's metadata (last-applied configuration, sidecar injection, ...); random, so that
+    the API server's gzip does not make it vanish on the wire."""
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": ns, "labels": {"app": "crowd", "tier": "web"},
-                         "annotations": {"example.com/filler": "x" * filler}},
+                         "annotations": {"example.com/filler": os.urandom(filler // 2).hex()}},
             "spec": {"nodeName": node, "containers": [{"name": "web", "image": "nginx:1.27",
                                                        "env": [{"name": f"VAR_{i}", "value": str(i)} for i in range(8)]}]}}
 
@@ -113,16 +114,17 @@ def measure(name: str, extra: list[str], namespaces: list[str], kubeconfig: dict
                 while not stop.is_set():
                     batch = [flat[(i + k) % len(flat)] for k in range(20)]
                     i += 20
-                    list(ex.map(lambda p: core.delete_namespaced_pod(p["metadata"]["name"], p["metadata"]["namespace"],
-                                                                     grace_period_seconds=0), batch))
+                    list(ex.map(lambda p: delete(core, p), batch))
                     list(ex.map(lambda p: create(core, p), batch))
                     churned[0] += len(batch)
-        threading.Thread(target=churner, daemon=True).start()
+        churning = threading.Thread(target=churner, daemon=True)
+        churning.start()
         t1 = time.monotonic()
         while time.monotonic() - t1 < churn:
             samples.append(rss_mb(proc.pid))
             time.sleep(0.25)
         stop.set()
+        churning.join(timeout=60)
         time.sleep(2)
         return {"settled": settled, "peak": max(samples), "end": rss_mb(proc.pid), "listed": listed_bytes / 1e6,
                 "received": proxy.received / 1e6, "churned": churned[0]}
@@ -133,6 +135,16 @@ def measure(name: str, extra: list[str], namespaces: list[str], kubeconfig: dict
         except subprocess.TimeoutExpired:
             proc.kill()
         proxy.close()
+
+
+def delete(core, body: dict) -> None:
+    from kubernetes.client.rest import ApiException
+
+    try:
+        core.delete_namespaced_pod(body["metadata"]["name"], body["metadata"]["namespace"], grace_period_seconds=0)
+    except ApiException as e:
+        if e.status != 404:
+            raise
 
 
 def create(core, body: dict) -> None:
@@ -190,10 +202,11 @@ def main() -> None:
         table.add_column(name, justify="right")
     table.add_column("ratio (before / now)", justify="right")
     for key, label, unit in [("settled", "RSS settled", "MB"), ("peak", "RSS peak", "MB"), ("end", "RSS after churn", "MB"),
-                             ("listed", "received by settling", "MB"), ("received", "received in all", "MB"),
+                             ("listed", "received by settling (wire)", "MB"), ("received", "received in all (wire)", "MB"),
                              ("churned", "pods deleted and created", "")]:
-        ratio = f"{old[key] / new[key]:.1f}x" if new[key] else "-"
-        table.add_row(label, f"{new[key]:.1f} {unit}", f"{old[key]:.1f} {unit}", ratio if key != "churned" else "")
+        ratio = f"{old[key] / new[key]:.2f}x" if new[key] else "-"
+        digits = 0 if key == "churned" else 2 if key in ("listed", "received") else 1
+        table.add_row(label, f"{new[key]:.{digits}f} {unit}", f"{old[key]:.{digits}f} {unit}", ratio if key != "churned" else "")
     console.print(table)
 
 
