@@ -4,8 +4,10 @@ Run with `kopf run --standalone --all-namespaces -m zeroth.operator.handlers` (t
 command), or namespace-scoped with `--namespace A --namespace B` instead of `--all-namespaces` and
 ZEROTH_WATCH_NAMESPACES=A,B (the chart's `watchNamespaces` sets both): then every call it makes,
 its own resync's listing included, stays inside those namespaces. The pod watch asks the API server
-for the operator's pods only (a label selector), so the rest of the cluster's pods never reach it. Every watch event of a run, and of any pod it owns, reconciles that run; kopf's first
-listing after a (re)start delivers every object once, so a restarted operator converges without
+for the operator's pods only (a label selector), so the rest of the cluster's pods never reach it.
+
+Every watch event of a run, and of any pod it owns, reconciles that run; kopf's first listing
+after a (re)start delivers every object once, so a restarted operator converges without
 any memory of its own. Reconciling is idempotent: children have fixed names and are created only
 when missing (an AlreadyExists answer means done, once the existing one's owner is the run), pods are deleted by name, and the status write
 depends only on what the API server holds (see `plan`). That write carries the resourceVersion the
