@@ -323,8 +323,15 @@ def _tolerations(placement: api.Placement, gpus: int, node_lost_seconds: int | N
         out.append(dict(GPU_TOLERATION))
     if node_lost_seconds is not None:
         out += [{"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": node_lost_seconds}
-                for key in NODE_LOST_TAINTS if not any(t.get("key") == key for t in out)]
+                for key in NODE_LOST_TAINTS if not any(_tolerates(t, key) for t in out)]
     return out
+
+
+def _tolerates(toleration: dict[str, Any], key: str) -> bool:
+    """Whether a toleration matches a NoExecute taint `key` (any value): its key, or none with
+    `Exists` (a role that tolerates everything); an effect of NoExecute or none."""
+    matches_key = toleration.get("key") == key or (not toleration.get("key") and toleration.get("operator") == "Exists")
+    return matches_key and toleration.get("effect") in (None, "", "NoExecute")
 
 
 def _placement(placement: api.Placement, gpus: int, node_lost_seconds: int | None = None) -> dict[str, Any]:

@@ -42,7 +42,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import kopf
@@ -287,6 +287,7 @@ def _reconcile(namespace: str, name: str) -> None:
     earlier: list[str] = []  # children of the run's names that another run controls
     config = status.get("config") or builders.config_map_name(name)
     observed = generation
+    waiting_edit = False
     try:
         frozen = _frozen(live, uid, config)
         run = builders.refrozen(frozen, live, api.LIVE)  # what the run does now
@@ -295,10 +296,13 @@ def _reconcile(namespace: str, name: str) -> None:
             if status.get("phase") not in planning.TERMINAL and (live.spec.suspend or status.get("phase") == "Suspended"):
                 config = builders.config_map_name(name, generation)  # no pod reads it before the resume
                 run = _frozen(edited, uid, config)
-            else:  # not acted on yet: a run still running when the CRD had no rules to refuse it
-                observed = status.get("observedGeneration")
+            elif status.get("phase") not in planning.TERMINAL:
+                # not acted on: suspended, edited and resumed between two passes (or a CRD without
+                # the rules that refuse it); it waits for the next suspension, and says so
+                observed, waiting_edit = status.get("observedGeneration"), True
     except _EarlierChild as e:
         run, earlier = builders.with_gpu_node_selector(live, _settings["gpu_node_selector"]), [str(e)]
+        observed = status.get("observedGeneration")  # nothing of this spec acted on yet
     if not earlier and uid not in _ensured and status.get("phase") not in planning.TERMINAL:
         earlier = _ensure_children(run, uid)
         if not earlier:
@@ -308,6 +312,9 @@ def _reconcile(namespace: str, name: str) -> None:
     now = datetime.now(timezone.utc)
     p = planning.plan(name, uid, run.spec, status, observed, pods, now, tuple(earlier), _mount_failures(namespace, pods))
     p.status["config"] = config
+    if waiting_edit:
+        p.status["message"] += (f"; pod settings edited in generation {generation} are not in effect: the run resumed "
+                                "before they were frozen; suspend and resume it to apply them")
 
     # status first: a restart's new attempt number must be stored before its pods change
     if any(status.get(k) != v for k, v in p.status.items()):
@@ -325,6 +332,12 @@ def _reconcile(namespace: str, name: str) -> None:
     for pod in p.delete:
         try:
             core.delete_namespaced_pod(pod, namespace)  # the pod's own grace period (spec: terminationGracePeriodSeconds)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+    for pod in p.force_delete:  # lost with its node: no kubelet will finish the deletion
+        try:
+            core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -367,6 +380,9 @@ def _delete_run(namespace: str, name: str, uid: str) -> None:
             raise
 
 
+MOUNT_EVENT_FRESH = timedelta(seconds=180)
+
+
 def _mount_failures(namespace: str, pods: list[dict[str, Any]]) -> dict[str, str]:
     """What the kubelet said of a volume it cannot mount (a missing Secret, a claim that will not
     attach), by pod name, for the pods that wait on a node to start: it says so only in a
@@ -375,10 +391,17 @@ def _mount_failures(namespace: str, pods: list[dict[str, Any]]) -> dict[str, str
                if (p.get("status") or {}).get("phase", "Pending") == "Pending" and (p.get("spec") or {}).get("nodeName")}
     if not waiting:
         return {}
-    events = _clients["core"].list_namespaced_event(namespace, field_selector="reason=FailedMount").items
-    latest = sorted((e for e in events if e.involved_object.uid in waiting),
-                    key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp)
-    return {waiting[e.involved_object.uid]: e.message or "" for e in latest}
+    try:
+        events = _clients["core"].list_namespaced_event(namespace, field_selector="reason=FailedMount").items
+    except ApiException as e:  # the reason is a nicety: the pass goes on without it
+        log.warning("listing FailedMount Events in %s failed: %s", namespace, e.reason)
+        return {}
+    # the kubelet retries a mount about every 2 minutes and counts each failure into one Event: an
+    # Event not repeated for longer than that is one the mount got past (a Secret that came late)
+    recent = datetime.now(timezone.utc) - MOUNT_EVENT_FRESH
+    seen = [(when, e) for e in events if e.involved_object.uid in waiting
+            and (when := e.last_timestamp or e.event_time or e.metadata.creation_timestamp) and when >= recent]
+    return {waiting[e.involved_object.uid]: e.message or "" for _, e in sorted(seen, key=lambda x: x[0])}
 
 
 def _post_event(body: dict[str, Any], ev: planning.Event, now: datetime) -> None:
@@ -458,7 +481,12 @@ def _ensure_children(run: api.ReasoningRun, uid: str) -> list[str]:
     for obj in builders.support_objects(run, uid, token=secrets.token_hex(32), pod_monitor=_has_pod_monitor()):
         if obj["kind"] == "ConfigMap":  # written by _frozen
             continue
-        if not _create(obj) and obj["kind"] != "Secret" and _controller(_read(obj)) != uid:
+        if _create(obj) or obj["kind"] == "Secret":
+            continue
+        stored = _read(obj)
+        if not stored["metadata"] and _create(obj):  # gone between the two calls: ours now
+            continue
+        if _controller(stored) != uid:
             earlier.append(f"{obj['kind']} {obj['metadata']['name']}")
     return earlier
 

@@ -134,6 +134,7 @@ class Plan:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None  # seconds: plan again then, event or not (a deadline falls due)
+    force_delete: list[str] = field(default_factory=list)  # lost pods (see _lost): their deletion finished for them
     delete_run: bool = False  # the run finished ttlSecondsAfterFinished ago: delete it (its children go with it)
 
 
@@ -234,9 +235,6 @@ def plan(name: str, uid: str, spec: api.ReasoningRunSpec, status: dict[str, Any]
                 if not older:
                     p.create += [(ROLE_TRAINER, r) for r in range(n_trainers)
                                  if trainer_pod_name(name, r, restarts) not in taken]
-                elif all(s.deletion_due for s in older):  # no event will say when they count as lost
-                    p.requeue_after = max(min(LOST_AFTER_SECONDS - _seconds_since(s.deletion_due, now)
-                                              for s in older), 1.0)
                 # the head and rollout pods restart themselves (restartPolicy Always); replace any that ended
                 delete(lambda s: s.role in (ROLE_RAY_HEAD, ROLE_ROLLOUT) and s.phase in TERMINAL)
                 delete(lambda s: s.role == ROLE_ROLLOUT and s.number >= n_rollouts)
@@ -272,6 +270,17 @@ def plan(name: str, uid: str, spec: api.ReasoningRunSpec, status: dict[str, Any]
         message = stalled[1] if phase == "Pending" and not states else f"{message}; {stalled[1]}"
         # the garbage collector's deletions of non-pods send no event: look again soon
         p.requeue_after = min(p.requeue_after or EARLIER_RUN_POLL_SECONDS, EARLIER_RUN_POLL_SECONDS)
+
+    # a deleted pod no kubelet confirms (its node is lost) still holds its name, its host name and
+    # its address in the trainer Service's DNS (which publishes pods not ready): the deletion is
+    # finished for it, as for a pod on a node marked out of service, once it is LOST_AFTER_SECONDS
+    # past its grace period; until then a timer looks again (no event will say so)
+    unconfirmed = [s for s in every if s.deletion_due and s.phase not in TERMINAL]
+    p.force_delete = [s.name for s in unconfirmed if _lost(s, now)]
+    waiting_for = [LOST_AFTER_SECONDS - _seconds_since(s.deletion_due, now) for s in unconfirmed if not _lost(s, now)]
+    if waiting_for:
+        due = max(min(waiting_for), 1.0)
+        p.requeue_after = due if p.requeue_after is None else min(p.requeue_after, due)
 
     finished = phase in TERMINAL
     if deadline is not None and not finished:

@@ -68,7 +68,13 @@ def cached_snapshot(repo_id: str, revision: str, root: Path,
         return found
     with open(markers / f"{_key(repo_id, revision)}.lock", "a+") as lock:
         log.info("waiting for the lock on %s@%s in %s (another pod may be downloading it)", repo_id, revision, root)
-        fcntl.lockf(lock, fcntl.LOCK_EX)  # no timeout: a large model takes as long as it takes
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX)  # no timeout: a large model takes as long as it takes
+            locked = True
+        except OSError as e:  # NFS without lockd, some FUSE filesystems: no locks to be had
+            log.warning("the model cache %s cannot lock files (%s): downloading without the lock; pods may "
+                        "download the model twice", root, e)
+            locked = False
         try:
             found = _read_marker(marker, root)
             if found is not None:
@@ -78,7 +84,8 @@ def cached_snapshot(repo_id: str, revision: str, root: Path,
             _write_marker(marker, path, root)
             return path
         finally:
-            fcntl.lockf(lock, fcntl.LOCK_UN)
+            if locked:
+                fcntl.lockf(lock, fcntl.LOCK_UN)
 
 
 def _read_marker(marker: Path, root: Path) -> Path | None:

@@ -820,8 +820,9 @@ class ReasoningRunSpec(Spec):
             ".verifiers",
         ),
         Rule(
-            "!has(self.queueName) || self.rollout.replicas == oldSelf.rollout.replicas",
-            "rollout.replicas is fixed while queueName is set: Kueue admits the run's pods as one group of fixed size",
+            "self.suspend || oldSelf.suspend || !has(self.queueName) || self.rollout.replicas == oldSelf.rollout.replicas",
+            "rollout.replicas is fixed while queueName is set and the run is not suspended: Kueue admits the run's "
+            "pods as one group of fixed size (each resume is a new group)",
             ".rollout.replicas",
         ),
         *_edit_rules(),

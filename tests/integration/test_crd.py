@@ -101,14 +101,18 @@ def test_kubectl_scale_sets_rollout_replicas(crd: Cluster, namespace: str):
     assert crd.get("rr/scaled", "-n", namespace)["spec"]["rollout"]["replicas"] == 3
 
 
-def test_a_queued_runs_fleet_size_is_fixed(crd: Cluster, namespace: str):
-    """Kueue admits a run's pods as one pod group of a fixed size, so scaling a queued run is refused."""
+def test_a_queued_runs_fleet_size_is_fixed_until_it_is_suspended(crd: Cluster, namespace: str):
+    """Kueue admits a run's pods as one pod group of a fixed size, so scaling a running queued run is
+    refused; a suspended one may be scaled, since its resume forms a new group."""
     m = minimal_manifest("queued")
     m["spec"]["queueName"] = "team-a"
     crd.apply(m, "-n", namespace)
     proc = crd.kubectl("scale", "rr/queued", "-n", namespace, "--replicas=3", check=False)
     assert proc.returncode != 0 and "spec.rollout.replicas" in proc.stderr and "queueName" in proc.stderr
     assert crd.get("rr/queued", "-n", namespace)["spec"]["rollout"]["replicas"] == 1
+    crd.kubectl("patch", "rr/queued", "-n", namespace, "--type=merge", "-p", '{"spec": {"suspend": true}}')
+    crd.kubectl("scale", "rr/queued", "-n", namespace, "--replicas=3")
+    assert crd.get("rr/queued", "-n", namespace)["spec"]["rollout"]["replicas"] == 3
 
 
 # A new value for every field a user may try to edit (each differs from minimal_manifest's): the
@@ -165,7 +169,7 @@ def test_each_field_edits_as_its_policy_says(crd: Cluster, namespace: str):
     stored = crd.get("rr/edits", "-n", namespace)
     assert stored["metadata"]["generation"] == 1  # nothing got through
     assert _patch(crd, namespace, "edits", {"spec": {"suspend": True}}).returncode == 0
-    for path in (*api.LIVE, *api.WHILE_SUSPENDED):  # (queueName last: it fixes rollout.replicas)
+    for path in (*api.LIVE, *api.WHILE_SUSPENDED):
         proc = _patch(crd, namespace, "edits", _at(path, EDITS[path]))
         if proc.returncode != 0:
             wrong.append((path, "accepted while suspended", proc.stderr.strip()[-300:]))

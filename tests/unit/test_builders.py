@@ -476,6 +476,14 @@ def test_cpu_pods_ask_for_no_gpu():
         assert "nodeSelector" not in pod["spec"] and pod["spec"].get("tolerations", []) == (NODE_LOST if trainer else [])
 
 
+def test_a_role_that_tolerates_every_taint_keeps_doing_so_on_a_lost_node():
+    run = validation.validate(_manifest("dedicated", trainer={"gpusPerReplica": 0, "tolerations": [{"operator": "Exists"}]}))
+    assert builders.trainer_pod(run, UID, 0, attempt=0)["spec"]["tolerations"] == [{"operator": "Exists"}]
+    only_no_schedule = validation.validate(_manifest("pool", trainer={"gpusPerReplica": 0, "tolerations": [{"operator": "Exists", "effect": "NoSchedule"}]}))
+    assert builders.trainer_pod(only_no_schedule, UID, 0, attempt=0)["spec"]["tolerations"] == [
+        {"operator": "Exists", "effect": "NoSchedule"}, *NODE_LOST]
+
+
 def test_a_roles_own_toleration_of_a_lost_node_wins():
     run = validation.validate(_manifest("patient", trainer={"tolerations": [
         {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}]}))

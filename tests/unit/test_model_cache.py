@@ -130,3 +130,25 @@ def test_without_a_shared_cache_or_for_a_local_path_resolve_passes_the_name_on(t
     local = save_random_tiny(tmp_path / "in-the-image")
     assert models.resolve(ModelSpec(name=str(local))) == str(local)
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_cache_that_cannot_lock_files_still_serves_the_model(tmp_path, monkeypatch, caplog):
+    """NFS without lockd answers a lock with ENOLCK: the download goes on without the lock (and
+    says so), rather than failing the trainer."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op, *args):
+        if op != fcntl.LOCK_UN:
+            raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(model_cache.fcntl, "lockf", no_locks)
+
+    def works(repo_id, revision):
+        (tmp_path / "snap").mkdir(exist_ok=True)
+        return str(tmp_path / "snap")
+
+    with caplog.at_level("WARNING"):
+        assert model_cache.cached_snapshot("acme/m", "v1", tmp_path / "c", download=works) == tmp_path / "snap"
+    assert "cannot lock files" in caplog.text
+    assert model_cache.cached_snapshot("acme/m", "v1", tmp_path / "c", download=None) == tmp_path / "snap"  # the marker

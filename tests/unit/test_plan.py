@@ -484,9 +484,27 @@ def test_a_new_gang_waits_for_an_old_rank_still_terminating_but_not_for_one_on_a
     later = NOW + timedelta(seconds=30 + planning.LOST_AFTER_SECONDS - 1)
     waiting = planning.plan(RUN, UID, spec(), restart.status, 1, rank0_gone, later)
     assert not [c for c in waiting.create if c[0] == "trainer"] and waiting.requeue_after == pytest.approx(1.0)
+    assert waiting.force_delete == []
     lost = planning.plan(RUN, UID, spec(), restart.status, 1, rank0_gone, later + timedelta(seconds=1))
     assert sorted(c for c in lost.create if c[0] == "trainer") == [("trainer", 0), ("trainer", 1)]
     assert lost.status["restarts"] == 1  # the lost pod is no new failure
+    assert lost.force_delete == ["demo-trainer-1"]  # its name and DNS record go with it
+
+
+def test_any_pod_lost_with_its_node_is_force_deleted_so_that_its_name_is_free():
+    """The Ray head, a rollout pod, or an earlier run's pod: deleted, unconfirmed past the grace
+    period and LOST_AFTER_SECONDS; a pod still in its grace period, or one that ended, is not."""
+    status = {"phase": "Running", "restarts": 0, "startedAttempt": 0}
+    pods = gang()
+    _deleted(pods[2], NOW - timedelta(seconds=planning.LOST_AFTER_SECONDS + 1))  # the head
+    _deleted(pods[3], NOW - timedelta(seconds=5))  # rollout-0: a normal deletion, still in time
+    ended = _deleted(pods[4], NOW - timedelta(seconds=3600))  # rollout-1 ended: its kubelet said so
+    ended["status"]["phase"] = "Failed"
+    p = planning.plan(RUN, UID, spec(), status, 1, pods, NOW)
+    assert p.force_delete == ["demo-ray-head"]
+    assert p.requeue_after == pytest.approx(planning.LOST_AFTER_SECONDS - 5)
+    foreign = _of_another_run([_deleted(pod("demo-trainer-0", "trainer"), NOW - timedelta(seconds=60))])
+    assert planning.plan(RUN, UID, spec(), None, 1, foreign, NOW).force_delete == ["demo-trainer-0"]
 
 
 def test_isoformat_times_from_the_client_are_read_too():

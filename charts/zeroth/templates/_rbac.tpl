@@ -3,8 +3,8 @@ The operator's rights in the namespaces it serves: granted cluster-wide by the C
 watchNamespaces is empty (every namespace), else by a Role in each listed namespace (roles.yaml),
 and then they are all it holds.
 Each rule says what uses it: kopf itself, or operator/handlers.py, which creates every child but
-the pods once, when missing (AlreadyExists means done), and never reads one back or rewrites it
-(docs/operator.md lists the children). clusterrole.yaml lists what is left out on purpose.
+the pods once, when missing, reads one that already exists back for its owner only (a Secret never),
+and never rewrites one (docs/operator.md lists the children). clusterrole.yaml lists what is left out on purpose.
 */}}
 {{- define "zeroth.namespacedRules" -}}
 # kopf lists and watches the runs (cluster-wide, or in each served namespace); each reconcile reads
