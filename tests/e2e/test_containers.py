@@ -261,9 +261,9 @@ def test_countdown_in_containers_killed_and_suspended(crd, operator_ns, namespac
     c, ns = crd, namespace
     claim_name, volume = claim
     name = "containers"
-    run_dir = volume / name
     t0 = time.monotonic()
     c.apply(countdown(name, claim_name), "-n", ns)
+    run_dir = volume / name / c.get("rr", name, "-n", ns)["metadata"]["uid"]  # keyed by the run's uid
 
     def explain() -> str:
         logs = c.kubectl("logs", "-n", operator_ns, "-l", OPERATOR_SELECTOR, "--tail=60", check=False).stdout
