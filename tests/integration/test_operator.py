@@ -505,32 +505,33 @@ def test_a_run_created_again_under_its_name_never_adopts_the_earlier_runs_childr
     held = [f"pod/{p['metadata']['name']}" for p in pods_of(c, ns, "twice")] + ["configmap/twice-config"]
     for obj in held:
         c.kubectl("patch", obj, "-n", ns, "--type=merge", "-p", json.dumps({"metadata": {"finalizers": [HOLD]}}))
-    # the old trainer finishes as the new run arrives: its Succeeded pod must not end the new run
-    c.kubectl("label", "pod", "twice-trainer-0", "-n", ns, f"{EXIT_ZERO}=0")
-    wait_for("the old trainer Succeeded", lambda: all(p["status"].get("phase") == "Succeeded"
-                                                        for p in pods_of(c, ns, "twice", "trainer")))
-    c.kubectl("delete", "rr", "twice", "-n", ns, "--wait=false")
-    wait_for("the old run gone", lambda: not c.get("rr", "-n", ns)["items"])
-    c.apply(run_manifest("twice", trainers=1, trainer_gpus=0, rollouts=1, rollout_gpus=0,
-                         algorithm={"learningRate": 3e-6}), "-n", ns)
-    new_uid = run_of(c, ns, "twice")["metadata"]["uid"]
-    assert new_uid != old_uid
+    try:
+        # the old trainer finishes as the new run arrives: its Succeeded pod must not end the new run
+        c.kubectl("label", "pod", "twice-trainer-0", "-n", ns, f"{EXIT_ZERO}=0")
+        wait_for("the old trainer Succeeded", lambda: all(p["status"].get("phase") == "Succeeded"
+                                                            for p in pods_of(c, ns, "twice", "trainer")))
+        c.kubectl("delete", "rr", "twice", "-n", ns, "--wait=false")
+        wait_for("the old run gone", lambda: not c.get("rr", "-n", ns)["items"])
+        c.apply(run_manifest("twice", trainers=1, trainer_gpus=0, rollouts=1, rollout_gpus=0,
+                             algorithm={"learningRate": 3e-6}), "-n", ns)
+        new_uid = run_of(c, ns, "twice")["metadata"]["uid"]
+        assert new_uid != old_uid
 
-    def stalled():
-        status = run_of(c, ns, "twice").get("status") or {}
-        cond = next((x for x in status.get("conditions") or [] if x["type"] == "Stalled"), {})
-        return status if cond.get("reason") == "EarlierRunTerminating" else None
-    status = wait_for("the new run waiting for the old one's children", stalled, operator=operator)
-    assert status["phase"] == "Pending" and "ConfigMap twice-config" in status["message"], status
-    time.sleep(scaled(3))  # a few passes: still nothing of the new run
-    assert [p["metadata"]["name"] for p in pods_of(c, ns, "twice")
-            if p["metadata"]["ownerReferences"][0]["uid"] == new_uid] == []
-    assert run_of(c, ns, "twice")["status"]["phase"] == "Pending"  # not Succeeded by the old trainer
-    assert ("Warning", "EarlierRunTerminating") in events_of(c, ns, "twice")
-
-    for obj in held:  # the garbage collector may finish now
-        c.kubectl("patch", obj, "-n", ns, "--type=json", "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]',
-                  check=False)
+        def stalled():
+            status = run_of(c, ns, "twice").get("status") or {}
+            cond = next((x for x in status.get("conditions") or [] if x["type"] == "Stalled"), {})
+            return status if cond.get("reason") == "EarlierRunTerminating" else None
+        status = wait_for("the new run waiting for the old one's children", stalled, operator=operator)
+        assert status["phase"] == "Pending" and "ConfigMap twice-config" in status["message"], status
+        time.sleep(scaled(3))  # a few passes: still nothing of the new run
+        assert [p["metadata"]["name"] for p in pods_of(c, ns, "twice")
+                if p["metadata"]["ownerReferences"][0]["uid"] == new_uid] == []
+        assert run_of(c, ns, "twice")["status"]["phase"] == "Pending"  # not Succeeded by the old trainer
+        assert ("Warning", "EarlierRunTerminating") in events_of(c, ns, "twice")
+    finally:
+        for obj in held:  # the garbage collector may finish now (and after a failure: no namespace left stuck)
+            c.kubectl("patch", obj, "-n", ns, "--type=json", "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]',
+                      check=False)
     wait_for("the new run Running", phase_is(c, ns, "twice", "Running"), timeout=90, operator=operator)
     config = c.get("configmap", "twice-config", "-n", ns)
     assert config["metadata"]["ownerReferences"][0]["uid"] == new_uid
