@@ -491,15 +491,6 @@ def _ensure_children(run: api.ReasoningRun, uid: str) -> list[str]:
     return earlier
 
 
-_READ = {
-    "ServiceAccount": ("core", "read_namespaced_service_account"),
-    "Service": ("core", "read_namespaced_service"),
-    "Role": ("rbac", "read_namespaced_role"),
-    "RoleBinding": ("rbac", "read_namespaced_role_binding"),
-    "NetworkPolicy": ("networking", "read_namespaced_network_policy"),
-}
-
-
 def _read(obj: dict[str, Any]) -> dict[str, Any]:
     """A child as stored, as a dict; {"metadata": {}} if it went meanwhile (it is then no one's)."""
     meta = obj["metadata"]
@@ -508,8 +499,8 @@ def _read(obj: dict[str, Any]) -> dict[str, Any]:
             group, version = obj["apiVersion"].split("/")
             return _clients["custom"].get_namespaced_custom_object(group, version, meta["namespace"], "podmonitors",
                                                                    meta["name"])
-        api_name, method = _READ[obj["kind"]]
-        stored = getattr(_clients[api_name], method)(meta["name"], meta["namespace"])
+        api_name, kind = _KINDS[obj["kind"]]
+        stored = getattr(_clients[api_name], f"read_namespaced_{kind}")(meta["name"], meta["namespace"])
         return _clients["api"].sanitize_for_serialization(stored)
     except ApiException as e:
         if e.status != 404:
@@ -517,15 +508,16 @@ def _read(obj: dict[str, Any]) -> dict[str, Any]:
         return {"metadata": {}}
 
 
-_CREATE = {
-    "ConfigMap": ("core", "create_namespaced_config_map"),
-    "Secret": ("core", "create_namespaced_secret"),
-    "ServiceAccount": ("core", "create_namespaced_service_account"),
-    "Service": ("core", "create_namespaced_service"),
-    "Pod": ("core", "create_namespaced_pod"),
-    "Role": ("rbac", "create_namespaced_role"),
-    "RoleBinding": ("rbac", "create_namespaced_role_binding"),
-    "NetworkPolicy": ("networking", "create_namespaced_network_policy"),
+# the client API and method-name stem of each child kind: create_namespaced_<stem>, read_namespaced_<stem>
+_KINDS = {
+    "ConfigMap": ("core", "config_map"),
+    "Secret": ("core", "secret"),
+    "ServiceAccount": ("core", "service_account"),
+    "Service": ("core", "service"),
+    "Pod": ("core", "pod"),
+    "Role": ("rbac", "role"),
+    "RoleBinding": ("rbac", "role_binding"),
+    "NetworkPolicy": ("networking", "network_policy"),
 }
 
 
@@ -537,8 +529,8 @@ def _create(obj: dict[str, Any]) -> bool:
             group, version = obj["apiVersion"].split("/")
             _clients["custom"].create_namespaced_custom_object(group, version, namespace, "podmonitors", obj)
         else:
-            api_name, method = _CREATE[obj["kind"]]
-            getattr(_clients[api_name], method)(namespace, obj)
+            api_name, kind = _KINDS[obj["kind"]]
+            getattr(_clients[api_name], f"create_namespaced_{kind}")(namespace, obj)
     except ApiException as e:
         if e.status == 409:  # AlreadyExists: created before (by us, before a restart, or by another run)
             return False
