@@ -17,7 +17,7 @@ new pods of a queued run form the Kueue pod group of that number.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from zeroth import api
@@ -303,7 +303,8 @@ def plan(name: str, uid: str, spec: api.ReasoningRunSpec, status: dict[str, Any]
         "rollout": {"desired": n_rollouts, "ready": rollout_ready, "selector": rollout_selector(name)},
         "conditions": conditions(status.get("conditions") or [], phase, message, generation, now, stalled),
         "startTime": status.get("startTime") or stamp(now),
-        "completionTime": status.get("completionTime") or (stamp(now) if finished else None),
+        # rounded up: the TTL below is counted from it and must never end before ttl seconds have passed
+        "completionTime": status.get("completionTime") or (stamp(now, up=True) if finished else None),
     }
     ttl = spec.ttl_seconds_after_finished
     if finished and ttl is not None:  # the run's one timer: nothing else is pending once it has finished
@@ -383,6 +384,9 @@ def _seconds_since(when: str | None, now: datetime) -> float:
     return (now - datetime.fromisoformat(when).replace(tzinfo=now.tzinfo)).total_seconds()
 
 
-def stamp(t: datetime) -> str:
-    """A status or Event time as the API writes it (RFC 3339, seconds, UTC)."""
+def stamp(t: datetime, up: bool = False) -> str:
+    """A status or Event time as the API writes it (RFC 3339, seconds, UTC): the second is cut off, or
+    with `up` rounded up to the next whole one."""
+    if up and t.microsecond:
+        t = t.replace(microsecond=0) + timedelta(seconds=1)
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")

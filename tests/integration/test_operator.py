@@ -220,8 +220,8 @@ def test_a_finished_run_is_deleted_ttl_seconds_after_it_finishes_with_its_childr
     for p in pods_of(c, ns, "brief", "trainer") + pods_of(c, ns, "brief", "rollout"):
         assert "/scratch" in [v["mountPath"] for v in p["spec"]["containers"][0]["volumeMounts"]], p["metadata"]["name"]
     (trainer,) = pods_of(c, ns, "brief", "trainer")
+    finished = time.monotonic()  # before the label: the trainer cannot finish earlier
     c.kubectl("label", "pod", trainer["metadata"]["name"], "-n", ns, f"{EXIT_ZERO}=0")
-    finished = time.monotonic()
     wait_for("the run deleted", lambda: c.kubectl("get", "rr", "brief", "-n", ns, check=False).returncode != 0,
              timeout=30, operator=operator)
     assert time.monotonic() - finished >= 2  # not before its TTL

@@ -540,6 +540,19 @@ def test_a_finished_run_is_deleted_ttl_seconds_after_its_completion_time():
     assert planning.plan(RUN, UID, _with_ttl(0), failed, 1, [], NOW).delete_run  # 0: at once
 
 
+def test_the_ttl_never_ends_before_ttl_seconds_from_the_finish_however_the_second_is_cut():
+    """completionTime holds whole seconds: a finish 0.6 s into a second is stamped with the next one,
+    so the deletion, counted from the stamp, comes at least ttl seconds after the finish."""
+    ttl = _with_ttl(2)
+    finish = NOW + timedelta(seconds=0.6)
+    done = planning.plan(RUN, UID, ttl, {"phase": "Running", "startTime": "2026-11-24T11:00:00Z"}, 1, gang(phase="Succeeded"), finish)
+    assert done.status["completionTime"] == "2026-11-24T12:00:01Z"
+    assert done.requeue_after >= 2
+    early = planning.plan(RUN, UID, ttl, done.status, 1, gang(phase="Succeeded"), finish + timedelta(seconds=1.9))
+    assert not early.delete_run and early.requeue_after > 0
+    assert planning.plan(RUN, UID, ttl, done.status, 1, gang(phase="Succeeded"), finish + timedelta(seconds=2.4)).delete_run
+
+
 def test_no_ttl_or_an_unfinished_run_is_never_deleted():
     failed = {"phase": "Failed", "completionTime": "2026-11-24T11:59:00Z", "startTime": "2026-11-24T11:00:00Z"}
     kept = planning.plan(RUN, UID, _with_ttl(None), failed, 1, [], NOW + timedelta(days=365))
