@@ -30,13 +30,17 @@ $(UV):
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target $(ZEROTH_CACHE)/uv-$(UV_VERSION) uv==$(UV_VERSION)
 
 # The environment is keyed by the lock; the project itself is an editable install of this checkout.
-$(VENV)/.synced: requirements.lock | $(UV)
+# Compiled to bytecode once here (uv then compiles all of site-packages): with PYTHONDONTWRITEBYTECODE
+# set, as in many CI and container environments, Python would otherwise compile torch, transformers
+# and deepspeed from source in every process a run starts, which doubles a short run's time on 2 cores
+# (bench/startup.py).
+$(VENV)/.synced-bytecode: requirements.lock | $(UV)
 	$(UV) venv --quiet --allow-existing --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) $(UV) pip sync --quiet requirements.lock
+	VIRTUAL_ENV=$(VENV) $(UV) pip sync --quiet --compile-bytecode requirements.lock
 	rm -f $(VENV)/.editable  # sync removed the editable install of the project: `venv` puts it back
 	touch $@
 
-venv: $(VENV)/.synced
+venv: $(VENV)/.synced-bytecode
 	@if [ "$$(cat $(VENV)/.editable 2>/dev/null)" != "$(CURDIR)" ]; then \
 	  VIRTUAL_ENV=$(VENV) $(UV) pip install --quiet --no-deps -e . && echo "$(CURDIR)" > $(VENV)/.editable; fi
 
