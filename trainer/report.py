@@ -94,8 +94,9 @@ class Reporter:
         self._progress(force=True, lastCheckpointStep=step)
 
     def evaluation(self, record: dict[str, Any]) -> None:
-        for kind in ("greedy", "pass@k", "maj@k"):
-            self._m("eval_accuracy", kind=kind).set(record[f"eval_{kind}"])
+        k = str(record["eval_k"])
+        for kind, key, samples in (("greedy", "eval_greedy", "1"), ("pass", "eval_pass@k", k), ("maj", "eval_maj@k", k)):
+            self._m("eval_accuracy", kind=kind, k=samples).set(record[key])
         self._write(record)
         self._say(f"eval step {record['step']}", record, "eval_greedy", "eval_pass@k", "eval_maj@k")
         self._progress(accuracy=record["eval_greedy"])  # status shows held-out accuracy, not the training samples'
