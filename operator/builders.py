@@ -17,7 +17,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from zeroth import api
+from zeroth import api, metrics
 
 # Labels (docs/operator.md, "Children").
 LABEL_NAME = "app.kubernetes.io/name"
@@ -250,16 +250,23 @@ def network_policy(run: api.ReasoningRun, uid: str) -> dict[str, Any]:
         "policyTypes": ["Ingress"],
         "ingress": [
             {"from": [{"podSelector": own}]},
-            {"ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+            {"ports": [_metrics_port_range(run)]},
         ],
     })
 
 
+def _metrics_port_range(run: api.ReasoningRun) -> dict[str, Any]:
+    """The trainer's and every rollout actor's /metrics port."""
+    last = worker_metrics_ports(run)[-1][1]
+    return {"protocol": "TCP", "port": METRICS_PORT, **({"endPort": last} if last > METRICS_PORT else {})}
+
+
 def pod_monitor(run: api.ReasoningRun, uid: str) -> dict[str, Any]:
-    """Only for clusters that serve the Prometheus operator's CRD (the handler checks)."""
+    """Only for clusters that serve the Prometheus operator's CRD (the handler checks). Scrapes the
+    trainer ranks' and each rollout actor's /metrics (a pod without a port of that name is skipped)."""
     return _object("monitoring.coreos.com/v1", "PodMonitor", _metadata(run, uid, run.metadata.name), spec={
         "selector": {"matchLabels": {LABEL_RUN: run.metadata.name}},
-        "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics"}],
+        "podMetricsEndpoints": [{"port": port_name, "path": "/metrics"} for port_name, _ in worker_metrics_ports(run)],
     })
 
 
@@ -628,6 +635,19 @@ def rollout_command(run: api.ReasoningRun) -> list[str]:
             "--disable-usage-stats", "--block"]
 
 
+def worker_metrics_ports(run: api.ReasoningRun) -> list[tuple[str, int]]:
+    """The /metrics ports of a rollout pod, one per rollout actor (engine) it runs: `metrics`
+    (METRICS_PORT, as on the trainer pods), then `metrics-1`, `metrics-2`, ..."""
+    return [("metrics" if i == 0 else f"metrics-{i}", METRICS_PORT + i) for i in range(run.spec.rollout.engines_per_replica())]
+
+
+def _worker_metrics_env(run: api.ReasoningRun) -> list[dict[str, str]]:
+    """Each rollout actor serves its /metrics on the first free one of those ports, on every address."""
+    ports = worker_metrics_ports(run)
+    return [{"name": metrics.PORTS_VAR, "value": f"{ports[0][1]}-{ports[-1][1]}"},
+            {"name": metrics.ADDR_VAR, "value": "0.0.0.0"}]
+
+
 def rollout_pod(run: api.ReasoningRun, uid: str, index: int, resumes: int = 0) -> dict[str, Any]:
     name, rollout = run.metadata.name, run.spec.rollout
     metadata = _pod_metadata(run, uid, rollout_pod_name(name, index), ROLE_ROLLOUT, {LABEL_INDEX: str(index)}, resumes,
@@ -639,7 +659,8 @@ def rollout_pod(run: api.ReasoningRun, uid: str, index: int, resumes: int = 0) -
         "image": run.spec.rollout_image(),
         "imagePullPolicy": rollout.image_pull_policy,
         "command": rollout_command(run),
-        "env": _token_env(name, uid) + cache_env,
+        "env": _token_env(name, uid) + cache_env + _worker_metrics_env(run),
+        "ports": [{"name": port_name, "containerPort": port, "protocol": "TCP"} for port_name, port in worker_metrics_ports(run)],
         "resources": _resources(rollout, rollout.gpus_per_replica),
     }, rollout)
     if cache_mounts or user_mounts:

@@ -120,7 +120,7 @@ class Fleet:
     """
 
     def __init__(self, spec: api.ReasoningRunSpec, model_path: str, workers: int, cpus_per_worker: float = 1.0,
-                 sync: weights.WeightSync | None = None):
+                 sync: weights.WeightSync | None = None, labels: dict[str, str] | None = None):
         import ray
 
         self.spec = spec
@@ -128,7 +128,9 @@ class Fleet:
             num_cpus=cpus_per_worker, num_gpus=spec.rollout.gpus_per_engine(), resources={ROLLOUT_RESOURCE: 1},
             max_concurrency=1, max_restarts=0)
         self._args = (model_path, spec.model_dump(by_alias=True, mode="json"))
+        self._labels = labels or {}  # the run's metric labels: each actor serves its own /metrics
         self._created = 0
+        self._index: dict[Any, int] = {}  # actor -> its index (the `worker` label of its metrics)
         self.workers = [self._new_actor() for _ in range(workers)]
         self.joining: dict[Any, Any] = {}  # a joining actor's first call (prepare) -> the actor
         self.sync = sync if sync is not None else weights.make_sync(spec)  # the object store, or a broadcast
@@ -140,7 +142,23 @@ class Fleet:
 
     def _new_actor(self) -> Any:
         self._created += 1
-        return self._actor.remote(*self._args, self._created - 1)
+        actor = self._actor.remote(*self._args, self._created - 1, self._labels, True)
+        self._index[actor] = self._created - 1
+        return actor
+
+    def queue_depths(self) -> dict[str, int]:
+        """Each live worker (by index, its metrics' `worker` label): request parts submitted to it
+        and not yet collected (later steps' requests, with maxStaleness)."""
+        depths = {self._index[w]: 0 for w in self.workers}
+        for req in self.in_flight.values():
+            for part in req.parts:
+                if part.worker in self._index and self._index[part.worker] in depths:
+                    depths[self._index[part.worker]] += 1
+        return {str(i): n for i, n in sorted(depths.items())}
+
+    def metrics_endpoints(self) -> list[str]:
+        """host:port of each live worker's /metrics."""
+        return [e for w in list(self.workers) if (e := self._get(w.metrics_endpoint.remote(), w)) is not None]
 
     def publish(self, version: int, state_dict) -> float:
         """Sends weights `version` to every worker and waits until all applied them; returns seconds.

@@ -8,11 +8,13 @@ Generation is an `Engine` (`zeroth.rollout.generation`): Hugging Face `generate`
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-
-from zeroth import api
+from zeroth import api, metrics
 from zeroth.rollout import prompts as prompting
 from zeroth.rollout import verifiers
 from zeroth.rollout.generation import make_engine
@@ -41,8 +43,17 @@ class Sample:
         return asdict(self)
 
 
+# what a worker exports itself, where the samples are made and scored
+METRICS = ("worker_generated_tokens", "worker_request_seconds", "worker_weights_version",
+           "verifier_seconds", "verifier_timeouts", "verifier_errors")
+
+
 class RolloutWorker:
-    def __init__(self, model_path: str, spec: dict[str, Any], index: int = 0):
+    def __init__(self, model_path: str, spec: dict[str, Any], index: int = 0, labels: dict[str, str] | None = None,
+                 serve_metrics: bool = False):
+        """`labels`: the run's metric labels (run, namespace); `serve_metrics`: serve /metrics (a Ray
+        actor does, on the port `metrics.PORTS_VAR` allows; a test of the plain class reads
+        `self.metrics`)."""
         # The model is loaded on first use, not here: creating the fleet returns at once, and the
         # workers' start (imports, Ray) overlaps the trainer's DeepSpeed set-up.
         import transformers  # noqa: F401 - the slow import, done now
@@ -52,6 +63,15 @@ class RolloutWorker:
         self.model_path = model_path
         self._engine = None
         self.version = 0
+        self.metrics = metrics.Metrics(names=METRICS)
+        self.labels = {"run": "", "namespace": "", **(labels or {})}
+        self.endpoint = None
+        if serve_metrics:
+            addr = os.environ.get(metrics.ADDR_VAR)
+            port = metrics.serve(self.metrics.registry, os.environ.get(metrics.PORTS_VAR), addr)
+            host = socket.gethostbyname(socket.gethostname()) if addr in ("0.0.0.0", "") else (addr or "127.0.0.1")
+            self.endpoint = f"{host}:{port}"
+        self._m("worker_weights_version").set(0)
         if any(v.name == "math" for v in self.spec.verifiers):
             import threading
 
@@ -59,6 +79,14 @@ class RolloutWorker:
 
             # the math workers' zygote imports sympy while the model loads, not during the first step
             threading.Thread(target=math_answers.pool().warm_up, name="math-warm-up", daemon=True).start()
+
+    def _m(self, name: str, **extra: str):
+        labels = {**self.labels, "worker": str(self.index)} if "worker" in metrics.BY_NAME[name].labels else self.labels
+        return self.metrics[name].labels(**labels, **extra)
+
+    def metrics_endpoint(self) -> str | None:
+        """host:port of this worker's /metrics (None when it serves none)."""
+        return self.endpoint
 
     def _load(self) -> None:
         from transformers import AutoTokenizer
@@ -106,6 +134,7 @@ class RolloutWorker:
             arrays = ray.get(arrays)
         self.engine.load_weights(arrays)
         self.version = version
+        self._m("worker_weights_version").set(version)
         return version
 
     def prepare(self) -> dict[str, int]:
@@ -122,6 +151,7 @@ class RolloutWorker:
         version = self.engine.receive_weights(bucket)
         if version is not None:
             self.version = version
+            self._m("worker_weights_version").set(version)
         return version
 
     def checksum(self) -> str:
@@ -142,6 +172,7 @@ class RolloutWorker:
         """G samples for each task ({"id", "prompt", "gold"}), verified. Deterministic given seed.
         `temperature` overrides the training temperature (evaluation samples at spec.eval's)."""
         engine = self.engine  # loads the model and tokenizer on first use
+        start = time.perf_counter()
         limit, chat = self.spec.algorithm.max_prompt_tokens, self.spec.dataset.chat_template
         prompts = prompting.encode(self.tokenizer, [t["prompt"] for t in tasks], chat)
         overs = [(t["id"], len(ids)) for t, ids in zip(tasks, prompts, strict=True) if len(ids) > limit]
@@ -152,10 +183,18 @@ class RolloutWorker:
             completion = self.tokenizer.decode(c.token_ids, skip_special_tokens=True)
             samples.append(self._verify(tasks[c.prompt], c.prompt, prompts[c.prompt], c.token_ids, c.logprobs,
                                         completion, c.truncated))
+        self._m("worker_generated_tokens").inc(sum(len(s.completion_ids) for s in samples))
+        self._m("worker_request_seconds").observe(time.perf_counter() - start)
         return samples
 
     def _verify(self, task, g, prompt_ids, ids, lps, completion, truncated) -> Sample:
         reward, results = verifiers.reward(self.spec.verifiers, completion, task["gold"])
+        for r in results:
+            self._m("verifier_seconds", verifier=r.name).observe(r.seconds)
+            if r.timed_out:
+                self._m("verifier_timeouts", verifier=r.name).inc()
+            elif r.error is not None:
+                self._m("verifier_errors", verifier=r.name).inc()
         return Sample(
             task_id=task["id"], group=g, prompt_ids=prompt_ids, completion_ids=ids, logprobs=lps,
             completion=completion, reward=reward, scores={r.name: r.score for r in results},

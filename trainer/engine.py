@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from zeroth import api
 from zeroth.rollout.worker import Sample
-from zeroth.trainer import grpo
+from zeroth.trainer import compute, grpo
 
 # fp32 elements of the logits converted at once by `token_logprobs` (64 MiB): the (B, T, V) fp32
 # log-softmax of a whole micro-batch is never built (B 64, T 4096, V 152k would be 160 GB).
@@ -198,6 +198,9 @@ class Policy:
         if spec.trainer.deepspeed.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         algo = spec.algorithm
+        self.parameters = sum(p.numel() for p in model.parameters())  # whole, before ZeRO-3 partitions them
+        cuda = torch.cuda.is_available() and spec.trainer.gpus_per_replica > 0
+        self.peak_flops = compute.peak_flops(torch.cuda.get_device_name()) if cuda else None  # None: no MFU
         opt = torch.optim.AdamW(model.parameters(), lr=algo.learning_rate, weight_decay=algo.weight_decay)
         warmup = algo.warmup_steps
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)

@@ -104,6 +104,10 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
     algo = spec.algorithm
     stop = Stop()
     fleet = reporter = None
+    # the first rank of each other node (trainer pod) serves its GPUs' NVML metrics; rank 0 serves all the rest
+    first_on_node = os.environ.get("LOCAL_RANK", "0") == "0"
+    cuda_metrics_port = (metrics_port if rank and first_on_node and metrics_port is not None
+                         and torch.cuda.is_available() and spec.trainer.gpus_per_replica else None)
     if rank == 0:
         import ray
 
@@ -115,7 +119,7 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
             fleets.connect(engines)  # on a cluster RAY_ADDRESS names the run's Ray head
         stop.install()
         model_path = models.resolve(spec.model)  # every rank waited for it before the process group began
-        fleet = fleets.Fleet(spec, model_path, engines)
+        fleet = fleets.Fleet(spec, model_path, engines, labels={"run": name, "namespace": namespace})
     model_path = _broadcast(model_path if rank == 0 else None)
     batch_size = algo.prompts_per_step * algo.group_size
     if batch_size % world or (algo.prompts_per_step % world):
@@ -143,8 +147,12 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
         reporter = Reporter(run_dir, name, namespace, spec, metrics_port, metrics_addr, export_dir,
                             StatusWriter.from_environment())  # None off a cluster
         if found:
-            reporter.checkpoint(state.step)  # the newest complete checkpoint is the one resumed from
-    sync_seconds = _publish(policy, fleet, state.weights_version)
+            reporter.checkpoint(state.step, written=False)  # the newest complete checkpoint is the one resumed from
+    sync_seconds, sync_bytes = _publish(policy, fleet, state.weights_version)
+    if rank == 0:
+        reporter.compute(policy.parameters, world, policy.peak_flops, fleet.metrics_endpoints())
+    elif cuda_metrics_port is not None:
+        _serve_gpu_metrics(name, namespace, cuda_metrics_port, metrics_addr)
     if rank == 0 and state.step == 0:
         _evaluate(fleet, reporter, held_out, spec, 0)  # the base model, for the plot and the record
 
@@ -176,13 +184,17 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
         dist.all_gather_object(gathered, stats)
         state.step += 1
         state.weights_version += 1
-        sync_seconds = _publish(policy, fleet, state.weights_version)
+        sync_seconds, sync_bytes = _publish(policy, fleet, state.weights_version)
         if rank == 0:
             step_seconds = time.perf_counter() - t0
             record = _record(state, samples, gathered, algo, step_seconds, t_gen, sync_seconds)
+            record["weight_sync_bytes"] = sync_bytes
             record.update(fleet.last_draw)  # what dynamic sampling drew before dropping groups
             record.update(fleet.membership())  # the rollout fleet follows its pods (kubectl scale)
+            record["worker_queue_depth"] = fleet.queue_depths()
             reporter.step(record, samples)
+            if record["rollout_workers_joined"] or record["rollout_workers_lost"]:
+                reporter.targets(fleet.metrics_endpoints())
         stopping = _broadcast(stop.requested if rank == 0 else None)
         last = state.step >= algo.max_steps
         if rank == 0 and (last or (spec.eval.every_steps and state.step % spec.eval.every_steps == 0)):
@@ -239,13 +251,13 @@ def _task(t: data.Task) -> dict[str, Any]:
 VERIFY_VAR = "ZEROTH_VERIFY_WEIGHTS"
 
 
-def _publish(policy: Policy, fleet, version: int) -> float:
-    """Weights `version` to the rollout fleet (rank 0); seconds it took to send them."""
+def _publish(policy: Policy, fleet, version: int) -> tuple[float, int]:
+    """Weights `version` to the rollout fleet (rank 0); seconds it took to send them, and their bytes."""
     if fleet is None and policy.spec.trainer.deepspeed.zero_stage != 3:
-        return 0.0  # only ZeRO-3's gathers need every rank; below it rank 0 holds whole weights
+        return 0.0, 0  # only ZeRO-3's gathers need every rank; below it rank 0 holds whole weights
     weights = policy.state_dict(keep=fleet is not None)  # every rank takes part (ZeRO-3 gathers)
     if fleet is None:
-        return 0.0
+        return 0.0, 0
     seconds = fleet.publish(version, weights)
     if os.environ.get(VERIFY_VAR, "") not in ("", "0"):
         wrong = fleet.verify(weights)
@@ -254,7 +266,20 @@ def _publish(policy: Policy, fleet, version: int) -> float:
                                "trainer's: " + "; ".join(wrong))
         print(f"weights version {version} verified: {len(fleet.workers)} rollout workers hold the trainer's "
               f"weights ({type(fleet.sync).__name__}, {seconds:.3f} s)", flush=True)
-    return seconds
+    return seconds, sum(t.numel() * t.element_size() for t in weights.values())
+
+
+def _serve_gpu_metrics(name: str, namespace: str, port: int, addr: str) -> None:
+    """A trainer rank other than 0, first on its node: /metrics with its node's GPUs (NVML), the one
+    thing it knows that rank 0 does not."""
+    from prometheus_client import CollectorRegistry
+
+    from zeroth import metrics
+    from zeroth.trainer.compute import GpuCollector
+
+    registry = CollectorRegistry()
+    registry.register(GpuCollector({"run": name, "namespace": namespace}))
+    metrics.serve(registry, str(port), addr)
 
 
 def _resume(policy: Policy, directory: Path) -> ckpt.TrainerState | None:

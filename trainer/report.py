@@ -17,9 +17,17 @@ import numpy as np
 from prometheus_client import start_http_server
 
 from zeroth import api
-from zeroth.metrics import Metrics
+from zeroth.metrics import BY_NAME, Metrics
+from zeroth.rollout import worker
 from zeroth.rollout.worker import Sample
+from zeroth.trainer import compute
 from zeroth.trainer.status import StatusWriter
+
+# what others export: each rollout worker its own (worker.METRICS), NVML's through GpuCollector, and
+# the operator its own
+_ELSEWHERE = (*worker.METRICS, "gpu_utilization", "gpu_memory_used_bytes", "gpu_seconds", "cost", "reconcile_seconds",
+              "reconcile_errors", "reconcile_conflicts", "runs", "run_phase", "run_restarts")
+TARGETS_FILE = "prometheus_targets.json"
 
 
 PLOT_EVERY = 10
@@ -32,7 +40,10 @@ class Reporter:
         self.spec = spec
         self.status = status
         self.labels = {"run": name, "namespace": namespace}
-        self.metrics = Metrics()
+        self.metrics = Metrics(names=tuple(n for n in BY_NAME if n not in _ELSEWHERE))
+        self.metrics.registry.register(compute.GpuCollector(self.labels))
+        self.parameters, self.devices, self.peak = 0, 1, None
+        self._workers: set[str] = set()  # the rollout workers whose queue depth is exported
         self.history: list[dict[str, Any]] = []
         path = run_dir / "metrics.jsonl"
         if path.exists():
@@ -55,29 +66,55 @@ class Reporter:
     def _m(self, name: str, **extra: str):
         return self.metrics[name].labels(**self.labels, **extra)
 
+    def compute(self, parameters: int, devices: int, peak: float | None, workers: list[str]) -> None:
+        """What model FLOPs and MFU are counted from: the policy's parameters, the trainer's GPUs
+        (or ranks) and one GPU's peak (None: no MFU); and the rollout workers' /metrics endpoints."""
+        self.parameters, self.devices, self.peak = parameters, devices, peak
+        self.targets(workers)
+
+    def targets(self, workers: list[str]) -> None:
+        """A Prometheus file_sd file of this run's /metrics endpoints (rank 0's and each rollout
+        worker's), for a Prometheus next to a local run (`file_sd_configs`); rewritten as workers
+        come and go. On a cluster the operator's PodMonitor finds the pods instead."""
+        if self.port is None:
+            return
+        groups = [{"targets": [f"127.0.0.1:{self.port}"], "labels": {"job": "zeroth-trainer"}},
+                  {"targets": sorted(workers), "labels": {"job": "zeroth-rollout"}}]
+        tmp = self.run_dir / (TARGETS_FILE + ".tmp")
+        tmp.write_text(json.dumps(groups, indent=2) + "\n")
+        tmp.replace(self.run_dir / TARGETS_FILE)
+
     def step(self, record: dict[str, Any], samples: list[Sample]) -> None:
         """One training step: metrics.jsonl, Prometheus, exported samples."""
         m = self._m
+        self._flops(record, samples)
         for s in samples:
             m("reward", verifier="all").observe(s.reward)
             for name, score in s.scores.items():
                 m("reward", verifier=name).observe(score)
-            for name, secs in s.verifier_seconds.items():
-                m("verifier_seconds", verifier=name).observe(secs)
-            for name in s.verifier_timeouts:
-                m("verifier_timeouts", verifier=name).inc()
             m("response_length_tokens").observe(len(s.completion_ids))
             m("rollout_staleness").observe(record["weights_version"] - 1 - s.version)  # version trained from
         m("generated_tokens").inc(record["generated_tokens"])
         m("trained_tokens").inc(record["trained_tokens"])
         m("step_seconds").observe(record["step_seconds"])
+        m("generation_seconds").observe(record["generation_seconds"])
         m("weight_sync_seconds").observe(record["weight_sync_seconds"])
+        m("weight_sync_bytes").inc(record.get("weight_sync_bytes", 0))
+        m("model_flops", phase="train").inc(record["model_flops_train"])
+        m("model_flops", phase="generation").inc(record["model_flops_generation"])
+        depths = record.get("worker_queue_depth", {})
+        for gone in self._workers - set(depths):  # a lost worker's series ends with it
+            self.metrics["worker_queue_depth"].remove(*self.labels.values(), gone)
+        self._workers = set(depths)
+        for index, depth in depths.items():
+            m("worker_queue_depth", worker=index).set(depth)
         if "rollout_workers" in record:
             m("rollout_workers").set(record["rollout_workers"])
-            m("rollout_requests_resubmitted").inc(record["rollout_requests_resubmitted"])
-        for key in ("step", "accuracy", "all_equal_groups_fraction", "loss", "kl", "entropy", "clip_fraction",
-                    "importance_ratio", "logprob_mismatch", "grad_norm", "learning_rate", "weights_version",
-                    "tokens_per_second"):
+            for key in ("rollout_requests_resubmitted", "rollout_workers_joined", "rollout_workers_lost"):
+                m(key).inc(record[key])
+        for key in ("step", "accuracy", "all_equal_groups_fraction", "truncated_fraction", "loss", "kl", "entropy",
+                    "clip_fraction", "clip_fraction_low", "clip_fraction_high", "importance_ratio", "logprob_mismatch",
+                    "logprob_mismatch_max", "grad_norm", "learning_rate", "weights_version", "tokens_per_second", "mfu"):
             if record.get(key) is not None:
                 m(key).set(record[key])
         self._write(record)
@@ -87,9 +124,23 @@ class Reporter:
         self._progress(step=record["step"], rewardMean=record["reward_mean"],
                        tokensPerSecond=record["tokens_per_second"], weightsVersion=record["weights_version"])
 
-    def checkpoint(self, step: int) -> None:
-        """A complete checkpoint at `step`; status.progress is patched now (the last step always checkpoints)."""
+    def _flops(self, record: dict[str, Any], samples: list[Sample]) -> None:
+        """The step's model FLOPs (`compute`: every prompt and completion token, trained and generated)
+        and the trainer's MFU over its own part of the step (not generation, not the weight sync)."""
+        tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
+        record["model_flops_train"] = compute.model_flops(self.parameters, tokens, training=True)
+        record["model_flops_generation"] = compute.model_flops(self.parameters, tokens, training=False)
+        training = record["step_seconds"] - record["generation_seconds"] - record["weight_sync_seconds"]
+        mfu = compute.mfu(record["model_flops_train"], training, self.devices, self.peak)
+        if mfu is not None:
+            record["mfu"] = mfu
+
+    def checkpoint(self, step: int, written: bool = True) -> None:
+        """A complete checkpoint at `step` (`written`: by this process now, not found on resume);
+        status.progress is patched now (the last step always checkpoints)."""
         self._m("checkpoint_step").set(step)
+        if written:
+            self._m("checkpoints").inc()
         self._say(f"checkpoint step {step}", {})
         self._progress(force=True, lastCheckpointStep=step)
 
@@ -125,6 +176,7 @@ class Reporter:
                     "task_id": s.task_id, "prompt_ids": s.prompt_ids, "completion": s.completion,
                     "reward": s.reward, "scores": s.scores, "correct": s.correct, "weights_version": s.version,
                 }) + "\n")
+        self._m("exported_samples").inc(len(keep))
 
     def plot(self, force: bool = False) -> None:
         """Redraws the PNGs from the history every `PLOT_EVERY` records (atomically, so a viewer

@@ -10,9 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 PREFIX = "zeroth_"
+# Where a rollout worker serves its /metrics: the first free port of PORTS_VAR ("9400" or "9400-9403":
+# a rollout pod running several engines gives each a port) on ADDR_VAR; unset (a local run), any free
+# port on loopback.
+PORTS_VAR = "ZEROTH_METRICS_PORTS"
+ADDR_VAR = "ZEROTH_METRICS_ADDR"
 RUN_LABELS = ("run", "namespace")
 Kind = Literal["counter", "gauge", "histogram"]
 
@@ -133,3 +138,18 @@ class Metrics:
             return self._objects[name]
         except KeyError:
             raise KeyError(f"unknown metric {name!r}; known: {sorted(self._objects)}") from None
+
+
+def serve(registry: CollectorRegistry, ports: str | None, addr: str | None) -> int:
+    """Serves `registry` at /metrics on the first free port of `ports` ("9400" or "9400-9403"; None:
+    any free port) on `addr` (None: loopback); returns the port. OSError when every port is taken."""
+    first, _, last = (ports or "0").partition("-")
+    error: OSError | None = None
+    for port in range(int(first), int(last or first) + 1):
+        try:
+            server, _ = start_http_server(port, addr=addr or "127.0.0.1", registry=registry)
+        except OSError as e:
+            error = e
+            continue
+        return server.server_port
+    raise OSError(f"no free port for /metrics in {ports} on {addr}: {error}")

@@ -30,6 +30,13 @@ def test_ctrl_c_checkpoints_then_resume_finishes_and_eval_scores(tmp_path):
     for name in ("step", "accuracy", "loss", "weights_version"):
         assert f'{metrics.BY_NAME[name].full_name}{{namespace="default",run="interrupted"}}' in text, name
     assert f'{metrics.BY_NAME["reward"].full_name}_count{{namespace="default",run="interrupted",verifier="countdown"}}' in text
+    # each rollout worker serves its own /metrics, listed beside rank 0's in the run's file_sd targets
+    groups = {g["labels"]["job"]: g["targets"] for g in json.loads((run_dir / "prometheus_targets.json").read_text())}
+    assert groups["zeroth-trainer"] == [f"127.0.0.1:{port}"] and len(groups["zeroth-rollout"]) == 2, groups
+    for target in groups["zeroth-rollout"]:
+        worker = urllib.request.urlopen(f"http://{target}/metrics", timeout=10).read().decode()
+        assert f'{metrics.BY_NAME["worker_generated_tokens"].full_name}_total{{namespace="default",run="interrupted",worker=' in worker
+        assert f'{metrics.BY_NAME["verifier_seconds"].full_name}_count{{namespace="default",run="interrupted",verifier="countdown"}}' in worker
 
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
     out, _ = proc.communicate(timeout=scaled(300))

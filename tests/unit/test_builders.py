@@ -136,10 +136,24 @@ def test_pod_monitor_shape(case):
     (monitor,) = [o for o in _children(run) if o["kind"] == "PodMonitor"]
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert set(monitor) == {"apiVersion", "kind", "metadata", "spec"}
-    assert monitor["spec"] == {"selector": {"matchLabels": {"zeroth.dev/run": name}},
-                               "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics"}]}
-    ports = {p["name"] for pod in _pods(run) for c in pod["spec"]["containers"] for p in c.get("ports", [])}
-    assert "metrics" in ports
+    assert monitor["spec"]["selector"] == {"matchLabels": {"zeroth.dev/run": name}}
+    endpoints = monitor["spec"]["podMetricsEndpoints"]
+    assert {e["path"] for e in endpoints} == {"/metrics"}
+    # every pod's metrics ports are scraped, and no endpoint names a port no pod has
+    ports = {p["name"]: p["containerPort"] for pod in _pods(run) for c in pod["spec"]["containers"]
+             for p in c.get("ports", []) if p["name"].startswith("metrics")}
+    assert {e["port"] for e in endpoints} == set(ports)
+    # a rollout pod: one port per rollout actor (engine), the range its actors are told to bind in
+    rollout = run.spec.rollout
+    engines = rollout.gpus_per_replica // rollout.tensor_parallel_size if rollout.gpus_per_replica else 1
+    for pod in _pods(run):
+        if pod["metadata"]["labels"]["zeroth.dev/role"] != "rollout":
+            continue
+        (c,) = pod["spec"]["containers"]
+        mine = sorted(p["containerPort"] for p in c["ports"] if p["name"].startswith("metrics"))
+        assert len(mine) == engines and mine == list(range(mine[0], mine[0] + engines))
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["ZEROTH_METRICS_PORTS"] == f"{mine[0]}-{mine[-1]}" and env["ZEROTH_METRICS_ADDR"] == "0.0.0.0"
 
 
 @cases
@@ -436,7 +450,7 @@ def test_a_rollout_pod_waits_for_the_ray_head_before_ray_start():
     assert init["command"][:2] == ["sh", "-c"]
     assert "until ray health-check --address=gpu-run-ray-head.team-a.svc:6379 " in init["command"][2]
     assert (init["image"], init["imagePullPolicy"]) == (c["image"], c["imagePullPolicy"])
-    assert init["env"] == c["env"]  # the head asks for the run's token
+    assert init["env"] == [e for e in c["env"] if not e["name"].startswith("ZEROTH_METRICS_")]  # the head asks for the run's token
     assert "nvidia.com/gpu" not in json.dumps(init["resources"])
 
 

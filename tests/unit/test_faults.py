@@ -150,8 +150,8 @@ def test_a_full_disk_during_the_export_is_one_clear_error_and_nothing_half_writt
 def test_a_verifier_timing_out_on_every_sample_gives_a_step_of_zero_rewards_and_counts_every_timeout(
         tmp_path, process_group):
     """math-verify given 1 µs cannot answer any sample in time: each is scored through the rollout
-    worker's own path (generation, then its verification), the step trains on all-zero advantages, and
-    the reporter's `verifier_timeouts` counter and metrics.jsonl record it."""
+    worker's own path (generation, then its verification), the step trains on all-zero advantages, the
+    worker's `verifier_timeouts` counter counts them and metrics.jsonl records the step."""
     from tests.unit import tiny_chat
     from zeroth import api
     from zeroth.rollout.worker import RolloutWorker
@@ -181,7 +181,9 @@ def test_a_verifier_timing_out_on_every_sample_gives_a_step_of_zero_rewards_and_
     (tmp_path / "run").mkdir()
     reporter = Reporter(tmp_path / "run", "timeouts", "default", run, None)
     reporter.step(record, samples)
-    labels = {"run": "timeouts", "namespace": "default", "verifier": "math"}
-    assert reporter.metrics.registry.get_sample_value("zeroth_verifier_timeouts_total", labels) == 8
+    # the worker, where samples are scored, counts the timeouts (as none of them an error)
+    labels = {"run": "", "namespace": "", "verifier": "math"}
+    assert worker.metrics.registry.get_sample_value("zeroth_verifier_timeouts_total", labels) == 8
+    assert not worker.metrics.registry.get_sample_value("zeroth_verifier_errors_total", labels)
     written = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(written) == 1 and '"reward_mean": 0.0' in written[0] and '"accuracy": 0.0' in written[0]

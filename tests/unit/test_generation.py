@@ -171,3 +171,35 @@ def test_vllm_engine_passes_those_arguments(monkeypatch):
     assert seen["params"]["stop"] == ["</answer>"] and seen["params"]["include_stop_str_in_output"] is True
     assert seen["prompts"] == [{"prompt_token_ids": [1, 2, 3]}]
     assert (c.token_ids, c.logprobs, c.truncated) == ([7, 8], [-0.5, -0.25], False)
+
+
+# --- the worker's own /metrics ----------------------------------------------------------------------
+
+
+def test_a_worker_serves_what_it_generated_and_how_its_verifiers_fared(ones_and_twos):
+    """Scraped over HTTP as Prometheus would: the worker's tokens, its request, its weights version,
+    and its verifier's latency and errors (a task whose gold the countdown verifier cannot read is an
+    error, scored 0), labelled with the run and the worker's index."""
+    from prometheus_client.parser import text_string_to_metric_families
+    import urllib.request
+
+    run = tiny_chat.spec_dict(ones_and_twos, verifiers=[{"name": "countdown"}])
+    worker = RolloutWorker(str(ones_and_twos), run, index=3, labels={"run": "r", "namespace": "ns"}, serve_metrics=True)
+    tasks = [{"id": "good", "prompt": "go:", "gold": {"numbers": [1, 2], "target": 3}},
+             {"id": "bad", "prompt": "again:", "gold": None}]
+    samples = worker.generate(tasks, group_size=2, seed=0)
+    text = urllib.request.urlopen(f"http://{worker.metrics_endpoint()}/metrics", timeout=10).read().decode()
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+           for family in text_string_to_metric_families(text) for s in family.samples}
+    me, verifier = {"run": "r", "namespace": "ns", "worker": "3"}, {"run": "r", "namespace": "ns", "verifier": "countdown"}
+
+    def value(name, labels):
+        return got[(name, tuple(sorted(labels.items())))]
+
+    assert value("zeroth_worker_generated_tokens_total", me) == sum(len(s.completion_ids) for s in samples) > 0
+    assert value("zeroth_worker_request_seconds_count", me) == 1
+    assert value("zeroth_worker_weights_version", me) == 0
+    assert value("zeroth_verifier_seconds_count", verifier) == 4
+    assert value("zeroth_verifier_errors_total", verifier) == 2  # the two samples of the task with no readable gold
+    assert ("zeroth_verifier_timeouts_total", tuple(sorted(verifier.items()))) not in got or \
+        value("zeroth_verifier_timeouts_total", verifier) == 0

@@ -180,7 +180,8 @@ def _sample(correct: bool) -> Sample:
 
 def _record(step: int) -> dict:
     return {"step": step, "weights_version": step, "reward_mean": 0.5, "accuracy": 0.5, "tokens_per_second": 42.0,
-            "generated_tokens": 4, "trained_tokens": 4, "step_seconds": 0.1, "weight_sync_seconds": 0.01}
+            "generated_tokens": 4, "trained_tokens": 4, "step_seconds": 0.1, "generation_seconds": 0.05,
+            "weight_sync_seconds": 0.01}
 
 
 def test_reporter_feeds_progress_and_exports_to_the_export_dir(tmp_path, fake, clock):
@@ -190,7 +191,7 @@ def test_reporter_feeds_progress_and_exports_to_the_export_dir(tmp_path, fake, c
     reporter = Reporter(tmp_path / "run", "my-run", "team-a", spec, None, export_dir=tmp_path / "export" / "my-run",
                         status=writer)
     assert fake.bodies() == [{"status": {"progress": {"maxSteps": spec.algorithm.max_steps}}}]
-    reporter.evaluation({"step": 0, "eval_greedy": 0.25, "eval_pass@k": 0.5, "eval_maj@k": 0.25})
+    reporter.evaluation({"step": 0, "eval_greedy": 0.25, "eval_pass@k": 0.5, "eval_maj@k": 0.25, "eval_k": 4})
     clock.now += 1
     reporter.step(_record(1), [_sample(True), _sample(False)])
     assert len(fake.calls) == 1  # within the interval

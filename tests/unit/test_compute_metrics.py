@@ -1,0 +1,126 @@
+"""Model FLOPs, MFU, NVML's GPU metrics, and what trainer rank 0 exports about them."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import minimal_manifest
+from zeroth import validation
+from zeroth.rollout.worker import Sample
+from zeroth.trainer import compute
+from zeroth.trainer.report import TARGETS_FILE, Reporter
+
+
+@pytest.mark.parametrize(("name", "peak"), [
+    ("NVIDIA H100 80GB HBM3", 989e12),
+    ("NVIDIA H100 PCIe", 756e12),
+    ("NVIDIA H200", 989e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12),
+    ("NVIDIA A10G", 125e12),
+    ("NVIDIA L40S", 362e12),
+    ("NVIDIA L4", 121e12),
+    ("Tesla T4", 65e12),
+    ("Some Future Accelerator", None),
+])
+def test_a_gpus_peak_is_its_data_sheets_dense_figure_or_unknown(name, peak):
+    assert compute.peak_flops(name) == peak
+
+
+def test_mfu_is_absent_without_a_peak_and_flops_follow_6n_and_2n():
+    assert compute.model_flops(1_000, 10, training=True) == 60_000
+    assert compute.model_flops(1_000, 10, training=False) == 20_000
+    assert compute.mfu(60_000, 1.0, 2, None) is None  # a CPU: nothing honest to divide by
+    assert compute.mfu(60_000, 0.0, 2, 1e9) is None
+    assert compute.mfu(60_000, 1.0, 2, 1e5) == pytest.approx(0.3)
+
+
+class FakeNvml:
+    """What NVML would say of two GPUs (this machine has none)."""
+
+    def sample(self):
+        return [compute.GpuSample(0, 0.5, 1 << 30), compute.GpuSample(1, 0.25, 2 << 30)]
+
+
+def _scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
+    from prometheus_client import generate_latest
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(generate_latest(registry).decode()) for s in f.samples}
+
+
+def test_gpu_metrics_are_absent_without_a_gpu_and_labelled_per_gpu_with_one():
+    here = CollectorRegistry()
+    here.register(compute.GpuCollector({"run": "r", "namespace": "ns"}))  # the real NVML: this machine has no GPU
+    assert not [k for k in _scrape(here) if "gpu" in k[0]]
+    rigged = CollectorRegistry()
+    collector = compute.GpuCollector({"run": "r", "namespace": "ns"}, nvml=FakeNvml())
+    rigged.register(collector)
+    got = _scrape(rigged)
+    pod = collector.labels["pod"]
+    labels = lambda gpu: tuple(sorted({"run": "r", "namespace": "ns", "pod": pod, "gpu": gpu}.items()))  # noqa: E731
+    assert got[("zeroth_gpu_utilization", labels("0"))] == 0.5
+    assert got[("zeroth_gpu_utilization", labels("1"))] == 0.25
+    assert got[("zeroth_gpu_memory_used_bytes", labels("1"))] == 2 << 30
+
+
+def _sample(prompt: int, completion: int) -> Sample:
+    return Sample(task_id="t", group=0, prompt_ids=[1] * prompt, completion_ids=[2] * completion, logprobs=[-0.1] * completion,
+                  completion="x", reward=1.0, scores={"countdown": 1.0}, correct=True, truncated=False, version=0)
+
+
+def _record(**more) -> dict:
+    return {"step": 1, "weights_version": 1, "reward_mean": 1.0, "accuracy": 1.0, "tokens_per_second": 10.0,
+            "generated_tokens": 10, "trained_tokens": 10, "step_seconds": 1.0, "generation_seconds": 0.25,
+            "weight_sync_seconds": 0.25, "weight_sync_bytes": 4096, "clip_fraction_low": 0.1, "clip_fraction_high": 0.2,
+            "rollout_workers": 2, "rollout_workers_joined": 1, "rollout_workers_lost": 0, "rollout_requests_resubmitted": 0,
+            **more}
+
+
+def test_rank_0_exports_flops_mfu_counters_and_a_file_sd_of_every_endpoint(tmp_path):
+    spec = validation.validate(minimal_manifest()).spec
+    reporter = Reporter(tmp_path, "r", "ns", spec, 0)
+    reporter.compute(parameters=1_000, devices=2, peak=1e6, workers=["127.0.0.1:9", "127.0.0.1:8"])
+    samples = [_sample(3, 5), _sample(3, 5)]  # 16 tokens through the model
+    reporter.step(_record(worker_queue_depth={"0": 1, "1": 0}), samples)
+    reporter.step(_record(step=2, worker_queue_depth={"1": 2}), samples)  # worker 0 left
+    reporter.checkpoint(2)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{reporter.port}/metrics", timeout=10).read().decode()
+    got = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    run = {"run": "r", "namespace": "ns"}
+
+    def value(name, **labels):
+        return got.get((name, tuple(sorted({**run, **labels}.items()))))
+
+    assert value("zeroth_model_flops_total", phase="train") == 2 * 6 * 1_000 * 16
+    assert value("zeroth_model_flops_total", phase="generation") == 2 * 2 * 1_000 * 16
+    # the trainer's own half of the step (1 s less generation and sync), 2 devices of 1e6 FLOP/s
+    assert value("zeroth_mfu") == pytest.approx(6 * 1_000 * 16 / (0.5 * 2 * 1e6))
+    assert value("zeroth_weight_sync_bytes_total") == 2 * 4096
+    assert value("zeroth_rollout_workers_joined_total") == 2
+    assert value("zeroth_clip_fraction_high") == 0.2 and value("zeroth_clip_fraction_low") == 0.1
+    assert value("zeroth_generation_seconds_count") == 2
+    assert value("zeroth_checkpoints_total") == 1 and value("zeroth_exported_samples_total") == 4
+    assert value("zeroth_worker_queue_depth", worker="1") == 2
+    assert value("zeroth_worker_queue_depth", worker="0") is None  # its series ended with it
+    # what the workers export themselves is not exported here too
+    assert not [k for k in got if k[0].startswith("zeroth_verifier_") or k[0].startswith("zeroth_gpu_")]
+    targets = json.loads((tmp_path / TARGETS_FILE).read_text())
+    assert targets == [{"targets": [f"127.0.0.1:{reporter.port}"], "labels": {"job": "zeroth-trainer"}},
+                       {"targets": ["127.0.0.1:8", "127.0.0.1:9"], "labels": {"job": "zeroth-rollout"}}]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["model_flops_train"] == 6 * 1_000 * 16 and "mfu" in records[-1]
+
+
+def test_no_mfu_on_a_cpu(tmp_path):
+    spec = validation.validate(minimal_manifest()).spec
+    reporter = Reporter(tmp_path, "r", "ns", spec, None)
+    reporter.compute(parameters=1_000, devices=2, peak=None, workers=[])
+    reporter.step(_record(), [_sample(3, 5)])
+    assert reporter.metrics.registry.get_sample_value("zeroth_mfu", {"run": "r", "namespace": "ns"}) is None
+    assert "mfu" not in json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert not (tmp_path / TARGETS_FILE).exists()  # no /metrics served, nothing to scrape
