@@ -66,7 +66,10 @@ _frozen_runs: dict[tuple[str, str], api.ReasoningRun] = {}  # by (uid, ConfigMap
 RETRY_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
 CONFLICT_RETRIES = 10  # passes started again at once on a 409 before the pass counts as failed
-_metrics = metrics.Metrics(names=("reconcile_seconds", "reconcile_errors", "reconcile_conflicts", "runs"))
+_metrics = metrics.Metrics(names=metrics.exported_by("operator"))
+_restarts: dict[tuple[str, str], int] = {}  # each run's status.restarts, for run_restarts
+_exported: set[tuple[str, str]] = set()  # the runs whose run_phase and run_restarts series exist
+_publish_lock = threading.Lock()
 _clients: dict[str, Any] = {}
 
 
@@ -363,6 +366,7 @@ def _reconcile(namespace: str, name: str) -> None:
         later.daemon = True
         later.start()
     _phases[(namespace, name)] = p.status["phase"]
+    _restarts[(namespace, name)] = p.status["restarts"]
     _publish_phases()
 
 
@@ -557,11 +561,26 @@ def _has_pod_monitor() -> bool:
 
 
 def _publish_phases() -> None:
-    counts: dict[tuple[str, str], int] = defaultdict(int)
-    for (ns, _), phase in list(_phases.items()):
-        counts[(ns, phase)] += 1
-    gauge = _metrics["runs"]
-    _namespaces.update(ns for ns, _ in _phases)
-    for ns in _namespaces:
-        for phase in api.PHASES:
-            gauge.labels(namespace=ns, phase=phase).set(counts.get((ns, phase), 0))
+    """The runs gauge by namespace and phase, and each run's phase and restarts (passes of several runs
+    publish at once: one at a time)."""
+    with _publish_lock:
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for (ns, _), phase in list(_phases.items()):
+            counts[(ns, phase)] += 1
+        gauge = _metrics["runs"]
+        _namespaces.update(ns for ns, _ in _phases)
+        for ns in _namespaces:
+            for phase in api.PHASES:
+                gauge.labels(namespace=ns, phase=phase).set(counts.get((ns, phase), 0))
+        runs = dict(_phases)
+        for ns, name in _exported - set(runs):  # a deleted run's series end with it
+            for phase in api.PHASES:
+                _metrics["run_phase"].remove(name, ns, phase)
+            _metrics["run_restarts"].remove(name, ns)
+            _restarts.pop((ns, name), None)
+        for (ns, name), current in runs.items():
+            for phase in api.PHASES:
+                _metrics["run_phase"].labels(run=name, namespace=ns, phase=phase).set(1 if phase == current else 0)
+            _metrics["run_restarts"].labels(run=name, namespace=ns).set(_restarts.get((ns, name), 0))
+        _exported.clear()
+        _exported.update(runs)

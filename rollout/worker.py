@@ -44,8 +44,7 @@ class Sample:
 
 
 # what a worker exports itself, where the samples are made and scored
-METRICS = ("worker_generated_tokens", "worker_request_seconds", "worker_weights_version",
-           "verifier_seconds", "verifier_timeouts", "verifier_errors")
+METRICS = metrics.exported_by("worker")
 
 
 class RolloutWorker:

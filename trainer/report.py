@@ -17,16 +17,11 @@ import numpy as np
 from prometheus_client import start_http_server
 
 from zeroth import api
-from zeroth.metrics import BY_NAME, Metrics
-from zeroth.rollout import worker
+from zeroth.metrics import Metrics, exported_by
 from zeroth.rollout.worker import Sample
 from zeroth.trainer import compute
 from zeroth.trainer.status import StatusWriter
 
-# what others export: each rollout worker its own (worker.METRICS), NVML's through GpuCollector, and
-# the operator its own
-_ELSEWHERE = (*worker.METRICS, "gpu_utilization", "gpu_memory_used_bytes", "gpu_seconds", "cost", "reconcile_seconds",
-              "reconcile_errors", "reconcile_conflicts", "runs", "run_phase", "run_restarts")
 TARGETS_FILE = "prometheus_targets.json"
 
 
@@ -40,7 +35,7 @@ class Reporter:
         self.spec = spec
         self.status = status
         self.labels = {"run": name, "namespace": namespace}
-        self.metrics = Metrics(names=tuple(n for n in BY_NAME if n not in _ELSEWHERE))
+        self.metrics = Metrics(names=exported_by("trainer"))  # workers, NVML and the operator export the rest
         self.metrics.registry.register(compute.GpuCollector(self.labels))
         self.parameters, self.devices, self.peak = 0, 1, None
         self._workers: set[str] = set()  # the rollout workers whose queue depth is exported

@@ -7,7 +7,11 @@ Labels: `run` and `namespace` on everything a run exports, `verifier` where it a
 
 from __future__ import annotations
 
+import argparse
+import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -22,6 +26,11 @@ RUN_LABELS = ("run", "namespace")
 Kind = Literal["counter", "gauge", "histogram"]
 
 
+# who exports a metric: trainer rank 0, each rollout worker, each process that holds GPUs (NVML,
+# read at scrape), the operator
+Source = Literal["trainer", "worker", "gpu", "operator"]
+
+
 @dataclass(frozen=True)
 class Metric:
     name: str
@@ -29,6 +38,7 @@ class Metric:
     help: str
     labels: tuple[str, ...] = RUN_LABELS
     buckets: tuple[float, ...] | None = None
+    source: Source = "trainer"
 
     @property
     def full_name(self) -> str:
@@ -83,37 +93,45 @@ DEFINITIONS: tuple[Metric, ...] = (
     Metric("rollout_workers_lost", "counter", "Rollout workers the fleet lost mid-run"),
     Metric("rollout_requests_resubmitted", "counter", "Request parts generated again because their worker was lost"),
     # each rollout worker, from its own /metrics (label worker: its index in the fleet)
-    Metric("worker_generated_tokens", "counter", "Tokens this rollout worker generated", _W),
+    Metric("worker_generated_tokens", "counter", "Tokens this rollout worker generated", _W, source="worker"),
     Metric("worker_request_seconds", "histogram", "Wall time of one generation request on this worker, scoring included", _W,
-           _SECONDS),
-    Metric("worker_weights_version", "gauge", "Weights version this rollout worker holds", _W),
+           _SECONDS, source="worker"),
+    Metric("worker_weights_version", "gauge", "Weights version this rollout worker holds", _W, source="worker"),
     Metric("worker_queue_depth", "gauge", "Requests this rollout worker has taken and not finished", _W),
     # verifiers (rollout workers, where samples are scored)
-    Metric("verifier_seconds", "histogram", "Verifier wall time per sample", _V, _SECONDS),
-    Metric("verifier_timeouts", "counter", "Samples a verifier gave up on at its time limit", _V),
-    Metric("verifier_errors", "counter", "Samples a verifier could not score (scored 0)", _V),
+    Metric("verifier_seconds", "histogram", "Verifier wall time per sample", _V, _SECONDS, source="worker"),
+    Metric("verifier_timeouts", "counter", "Samples a verifier gave up on at its time limit", _V, source="worker"),
+    Metric("verifier_errors", "counter", "Samples a verifier could not score (scored 0)", _V, source="worker"),
     # held-out evaluation (kind greedy, pass or maj; k samples per prompt, 1 for greedy)
     Metric("eval_accuracy", "gauge", "Held-out accuracy: greedy, pass@k, maj@k", (*RUN_LABELS, "kind", "k")),
     # compute and cost
     Metric("tokens_per_second", "gauge", "Generated tokens per second over the last step"),
-    Metric("gpu_utilization", "gauge", "GPU utilisation, 0..1 (NVML; absent where there is no GPU)", _GPU),
-    Metric("gpu_memory_used_bytes", "gauge", "GPU memory in use (NVML; absent where there is no GPU)", _GPU),
+    Metric("gpu_utilization", "gauge", "GPU utilisation, 0..1 (NVML; absent where there is no GPU)", _GPU, source="gpu"),
+    Metric("gpu_memory_used_bytes", "gauge", "GPU memory in use (NVML; absent where there is no GPU)", _GPU, source="gpu"),
     Metric("model_flops", "counter", "Model FLOPs of training (6 * params * tokens) and generation (2 * params * tokens)",
            (*RUN_LABELS, "phase")),
     Metric("mfu", "gauge", "Model FLOPs utilisation of the trainer, 0..1, against the GPUs' peak (absent on CPU)"),
-    Metric("gpu_seconds", "counter", "GPU-seconds held by the run's pods"),
-    Metric("cost", "counter", "Cost of the GPU-seconds at spec.cost.pricePerGpuHour", (*RUN_LABELS, "currency")),
+    Metric("gpu_seconds", "counter", "GPU-seconds held by the run's pods", source="operator"),
+    Metric("cost", "counter", "Cost of the GPU-seconds at spec.cost.pricePerGpuHour", (*RUN_LABELS, "currency"),
+           source="operator"),
     # the operator
-    Metric("reconcile_seconds", "histogram", "Operator reconcile time", ("handler",), _SECONDS),
-    Metric("reconcile_errors", "counter", "Operator reconcile failures", ("handler",)),
+    Metric("reconcile_seconds", "histogram", "Operator reconcile time", ("handler",), _SECONDS, source="operator"),
+    Metric("reconcile_errors", "counter", "Operator reconcile failures", ("handler",), source="operator"),
     Metric("reconcile_conflicts", "counter", "Operator passes planned again because the run changed under them (HTTP 409)",
-           ("handler",)),
-    Metric("runs", "gauge", "ReasoningRuns by phase", ("namespace", "phase")),
-    Metric("run_phase", "gauge", "1 for a run's current phase (status.phase), 0 for the others", (*RUN_LABELS, "phase")),
-    Metric("run_restarts", "gauge", "Gang restarts of a run that count against its backoffLimit (status.restarts)"),
+           ("handler",), source="operator"),
+    Metric("runs", "gauge", "ReasoningRuns by phase", ("namespace", "phase"), source="operator"),
+    Metric("run_phase", "gauge", "1 for a run's current phase (status.phase), 0 for the others", (*RUN_LABELS, "phase"),
+           source="operator"),
+    Metric("run_restarts", "gauge", "Gang restarts of a run that count against its backoffLimit (status.restarts)",
+           source="operator"),
 )
 
 BY_NAME = {m.name: m for m in DEFINITIONS}
+
+
+def exported_by(source: Source) -> tuple[str, ...]:
+    """The names of the metrics `source` exports."""
+    return tuple(m.name for m in DEFINITIONS if m.source == source)
 
 
 class Metrics:
@@ -153,3 +171,48 @@ def serve(registry: CollectorRegistry, ports: str | None, addr: str | None) -> i
             continue
         return server.server_port
     raise OSError(f"no free port for /metrics in {ports} on {addr}: {error}")
+
+
+# ----------------------------------------------------------------------------------------- the table
+
+SOURCE_WORDS = {"trainer": "trainer rank 0", "worker": "each rollout worker", "gpu": "each process holding GPUs",
+                "operator": "the operator"}
+SUFFIX = {"counter": "_total", "gauge": "", "histogram": "_bucket/_sum/_count"}
+TABLE_START, TABLE_END = "<!-- metrics table: python -m zeroth.metrics -->", "<!-- end of the metrics table -->"
+
+
+def markdown_table() -> str:
+    """Every metric as a README table row: its exported name, kind, labels, who exports it, meaning."""
+    rows = ["| metric | kind | labels | exported by | meaning |", "|---|---|---|---|---|"]
+    for m in DEFINITIONS:
+        name = m.full_name + (SUFFIX[m.kind] if m.kind == "counter" else "")
+        rows.append(f"| `{name}` | {m.kind} | {', '.join(m.labels)} | {SOURCE_WORDS[m.source]} | {m.help.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
+def write_table(readme: Path, check: bool) -> bool:
+    """Puts the table between README's markers; with `check`, only says whether it is up to date."""
+    text = readme.read_text()
+    pattern = re.compile(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{readme}: no metrics table markers ({TABLE_START} ... {TABLE_END})")
+    new = pattern.sub(lambda _: f"{TABLE_START}\n{markdown_table()}\n{TABLE_END}", text)
+    if check:
+        return new == text
+    readme.write_text(new)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m zeroth.metrics", description="writes README's table of metrics")
+    parser.add_argument("--readme", type=Path, default=Path(__file__).resolve().parents[1] / "README.md")
+    parser.add_argument("--check", action="store_true", help="fail if README's table differs (nothing written)")
+    args = parser.parse_args(argv)
+    if not write_table(args.readme, args.check):
+        print(f"{args.readme}: the metrics table is out of date: run `make dashboards`", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

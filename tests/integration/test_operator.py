@@ -281,6 +281,12 @@ def test_the_operator_exports_its_metrics(crd, operator, namespace):
     count = next(float(line.split()[-1]) for line in text.splitlines()
                  if line.startswith('zeroth_reconcile_seconds_count{handler="reconcile"}'))
     assert count >= 3  # at least Pending, Initializing and Running were each reconciled
+    # the run's own phase (1 for Running, 0 for the others) and restarts, which alerts watch
+    assert f'zeroth_run_phase{{namespace="{namespace}",phase="Running",run="counted"}} 1.0' in text
+    assert f'zeroth_run_phase{{namespace="{namespace}",phase="Pending",run="counted"}} 0.0' in text
+    assert f'zeroth_run_restarts{{namespace="{namespace}",run="counted"}} 0.0' in text
+    crd.kubectl("delete", "rr", "counted", "-n", namespace, "--wait=true", f"--timeout={scaled(60):.0f}s")
+    wait_for("the run's series to end", lambda: 'run="counted"' not in operator.metrics(), timeout=30, operator=operator)
 
 
 # what a run's own ServiceAccount may do: `kubectl auth can-i` (exit 0 yes, 1 no), asserted both ways

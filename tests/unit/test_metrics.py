@@ -44,3 +44,17 @@ def test_unknown_metric_lists_known():
         assert "loss" in str(e)
     else:
         raise AssertionError("unknown metric accepted")
+
+
+def test_the_readmes_table_lists_every_metric_as_the_module_defines_it():
+    """README's table is generated (`python -m zeroth.metrics`); this fails when it is stale."""
+    readme = (metrics.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split(metrics.TABLE_START)[1].split(metrics.TABLE_END)[0]
+    assert table.strip() == metrics.markdown_table(), "README's metrics table is stale: run `make dashboards`"
+    for m in metrics.DEFINITIONS:
+        assert f"| `{m.full_name}" in table, m.name
+
+
+def test_each_metric_has_one_exporter_and_the_exporters_split_them():
+    names = [n for source in metrics.SOURCE_WORDS for n in metrics.exported_by(source)]
+    assert sorted(names) == sorted(metrics.BY_NAME)  # none twice, none by nobody
