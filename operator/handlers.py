@@ -66,7 +66,10 @@ _frozen_runs: dict[tuple[str, str], api.ReasoningRun] = {}  # by (uid, ConfigMap
 RETRY_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
 CONFLICT_RETRIES = 10  # passes started again at once on a 409 before the pass counts as failed
-_metrics = metrics.Metrics(names=metrics.exported_by("operator"))
+# GPU time and cost come from each run's status (durable: an operator restart does not reset them)
+_FROM_STATUS = ("gpu_seconds", "cost")
+_metrics = metrics.Metrics(names=tuple(n for n in metrics.exported_by("operator") if n not in _FROM_STATUS))
+_compute: dict[tuple[str, str], dict[str, Any]] = {}  # each run's status.compute
 _restarts: dict[tuple[str, str], int] = {}  # each run's status.restarts, for run_restarts
 _exported: set[tuple[str, str]] = set()  # the runs whose run_phase and run_restarts series exist
 _publish_lock = threading.Lock()
@@ -324,7 +327,8 @@ def _reconcile(namespace: str, name: str) -> None:
         read = body["metadata"]["resourceVersion"]  # the plan holds only for the run as it was read
         try:
             custom.patch_namespaced_custom_object_status(api.GROUP, api.VERSION, namespace, api.PLURAL, name,
-                                                         {"metadata": {"resourceVersion": read}, "status": p.status})
+                                                         {"metadata": {"resourceVersion": read},
+                                                          "status": _merge_patch(status, p.status)})
         except ApiException as e:
             if e.status == 409:
                 raise _StaleRead from e
@@ -367,6 +371,7 @@ def _reconcile(namespace: str, name: str) -> None:
         later.start()
     _phases[(namespace, name)] = p.status["phase"]
     _restarts[(namespace, name)] = p.status["restarts"]
+    _compute[(namespace, name)] = p.status["compute"]
     _publish_phases()
 
 
@@ -578,9 +583,38 @@ def _publish_phases() -> None:
                 _metrics["run_phase"].remove(name, ns, phase)
             _metrics["run_restarts"].remove(name, ns)
             _restarts.pop((ns, name), None)
+            _compute.pop((ns, name), None)
         for (ns, name), current in runs.items():
             for phase in api.PHASES:
                 _metrics["run_phase"].labels(run=name, namespace=ns, phase=phase).set(1 if phase == current else 0)
             _metrics["run_restarts"].labels(run=name, namespace=ns).set(_restarts.get((ns, name), 0))
         _exported.clear()
         _exported.update(runs)
+
+
+def _merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The status patch (a JSON merge patch, which keeps map keys it does not name): a pod gone from
+    status.compute.pods is named with null, so that it is removed and counted once, in `closed`."""
+    gone = ((old.get("compute") or {}).get("pods") or {}).keys() - new["compute"]["pods"].keys()
+    if not gone:
+        return new
+    return {**new, "compute": {**new["compute"], "pods": {**new["compute"]["pods"], **dict.fromkeys(gone)}}}
+
+
+class _ComputeCollector:
+    """zeroth_gpu_seconds and zeroth_cost of each run, read from its status.compute at each scrape:
+    counters that an operator restart does not reset."""
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        gpu, cost = (metrics.BY_NAME[n] for n in _FROM_STATUS)
+        families = CounterMetricFamily(gpu.full_name, gpu.help, labels=gpu.labels), \
+            CounterMetricFamily(cost.full_name, cost.help, labels=cost.labels)
+        for (ns, name), compute in list(_compute.items()):
+            families[0].add_metric([name, ns], compute["gpuSeconds"])
+            families[1].add_metric([name, ns, compute["currency"]], compute["cost"])
+        yield from families
+
+
+_metrics.registry.register(_ComputeCollector())

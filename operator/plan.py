@@ -21,8 +21,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from zeroth import api
-from zeroth.operator.builders import (LABEL_ATTEMPT, LABEL_INDEX, LABEL_RANK, LABEL_ROLE, ROLE_RAY_HEAD, ROLE_ROLLOUT,
-                                      ROLE_TRAINER, ray_head_name, rollout_pod_name, rollout_selector, trainer_pod_name)
+from zeroth.operator.builders import (GPU_RESOURCE, LABEL_ATTEMPT, LABEL_INDEX, LABEL_RANK, LABEL_ROLE, ROLE_RAY_HEAD,
+                                      ROLE_ROLLOUT, ROLE_TRAINER, ray_head_name, rollout_pod_name, rollout_selector, trainer_pod_name)
 
 TERMINAL = ("Succeeded", "Failed")
 EARLIER_RUN_POLL_SECONDS = 5.0  # how often a run held back by another run's children looks again
@@ -305,6 +305,8 @@ def plan(name: str, uid: str, spec: api.ReasoningRunSpec, status: dict[str, Any]
         "startTime": status.get("startTime") or stamp(now),
         # rounded up: the TTL below is counted from it and must never end before ttl seconds have passed
         "completionTime": status.get("completionTime") or (stamp(now, up=True) if finished else None),
+        "compute": gpu_time(status.get("compute"), [pod for pod, s in zip(pods, every, strict=True) if s.owner == uid],
+                            now, spec.cost),
     }
     ttl = spec.ttl_seconds_after_finished
     if finished and ttl is not None:  # the run's one timer: nothing else is pending once it has finished
@@ -374,6 +376,59 @@ def _waiting_since(status: dict[str, Any]) -> str | None:
         return None
     times = [(conds.get(kind) or {}).get("lastTransitionTime") for kind in ("Ready", "Progressing")]
     return max((t for t in times if t), default=None)
+
+
+# A running pod's GPU time is counted to the last whole minute: the status then changes at most once
+# a minute, so its write, which the run's watch sees, does not start the next pass straight away.
+GPU_TIME_GRAIN_SECONDS = 60
+
+
+def gpu_time(previous: dict[str, Any] | None, pods: list[dict[str, Any]], now: datetime,
+             cost: api.CostSpec) -> dict[str, Any]:
+    """status.compute: the GPU-seconds every pod the run has had held, and their cost.
+
+    A pod holds its GPUs (the nvidia.com/gpu it asks for) from its start (status.startTime, when
+    the kubelet took it) to its end (its last container's finishedAt) or, while it runs, now.
+    `pods` holds the seconds of each pod still there, by uid; a pod gone since adds its last count
+    to `closed`, so a restarted gang, a suspension or a lost pod loses nothing already counted."""
+    previous = previous or {}
+    before: dict[str, float] = previous.get("pods") or {}
+    grain = now - timedelta(seconds=now.timestamp() % GPU_TIME_GRAIN_SECONDS)
+    current = {}
+    for pod in pods:
+        gpus, start = _gpus(pod), (pod.get("status") or {}).get("startTime")
+        if gpus and start:
+            key = pod["metadata"].get("uid") or pod["metadata"]["name"]
+            seconds = gpus * max(0.0, ((_finished(pod) or grain) - _time(start)).total_seconds())
+            current[key] = max(round(seconds, 3), before.get(key, 0.0))  # a count never goes back
+    closed = float(previous.get("closed") or 0.0) + sum(v for k, v in before.items() if k not in current)
+    total = closed + sum(current.values())
+    return {"gpuSeconds": round(total, 3), "cost": round(total / 3600 * cost.price_per_gpu_hour, 6),
+            "currency": cost.currency, "closed": round(closed, 3), "pods": current}
+
+
+def _gpus(pod: dict[str, Any]) -> int:
+    total = 0
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        resources = c.get("resources") or {}
+        total += int((resources.get("limits") or {}).get(GPU_RESOURCE) or (resources.get("requests") or {}).get(GPU_RESOURCE)
+                     or 0)
+    return total
+
+
+def _finished(pod: dict[str, Any]) -> datetime | None:
+    """When a pod that ended ended: its last container's finishedAt."""
+    status = pod.get("status") or {}
+    if status.get("phase") not in TERMINAL:
+        return None
+    ends = [_time(t["finishedAt"]) for cs in status.get("containerStatuses") or []
+            if (t := (cs.get("state") or {}).get("terminated")) and t.get("finishedAt")]
+    return max(ends, default=None)
+
+
+def _time(when: str | datetime) -> datetime:
+    """A pod's time as the API server writes it (RFC 3339, UTC), or as the typed client gives it."""
+    return when if isinstance(when, datetime) else datetime.fromisoformat(when)
 
 
 def _seconds_since(when: str | None, now: datetime) -> float:

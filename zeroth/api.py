@@ -946,6 +946,22 @@ class Progress(Status):
     """Version of the policy weights the rollout fleet holds."""
 
 
+class Compute(Status):
+    """GPU time the run's pods held, and its cost: each pod's nvidia.com/gpu times the time from its
+    start (status.startTime) to its end, or now while it runs (counted to the minute)."""
+
+    gpu_seconds: float = 0.0
+    """GPU-seconds of every pod the run has had, gone ones included."""
+    cost: float = 0.0
+    """gpuSeconds / 3600 times spec.cost.pricePerGpuHour."""
+    currency: str = "USD"
+    """spec.cost.currency."""
+    closed: float = 0.0
+    """GPU-seconds of the run's pods that are gone."""
+    pods: dict[str, float] = Field(default_factory=dict)
+    """GPU-seconds so far of each pod still there, by pod uid."""
+
+
 class ReasoningRunStatus(Status):
     """Observed state of a ReasoningRun."""
 
@@ -976,6 +992,8 @@ class ReasoningRunStatus(Status):
     """The attempt every trainer rank of which has been seen: a rank of it that goes restarts the gang."""
     resumes: int = 0
     """Times the run was resumed after a suspension (each resumed run is a new Kueue pod group)."""
+    compute: Compute = Field(default_factory=Compute)
+    """GPU time and cost so far."""
     start_time: datetime | None = None
     """When the run first started."""
     completion_time: datetime | None = None

@@ -106,6 +106,9 @@ def printer_columns() -> list[dict[str, Any]]:
         {"name": "Accuracy", "type": "number", "jsonPath": ".status.progress.accuracy"},
         {"name": "Trainers", "type": "integer", "jsonPath": ".status.trainer.ready", "description": "Ready trainer pods"},
         {"name": "Rollouts", "type": "integer", "jsonPath": ".status.rollout.ready", "description": "Ready rollout pods"},
+        {"name": "GPU Seconds", "type": "number", "jsonPath": ".status.compute.gpuSeconds", "priority": 1,
+         "description": "GPU-seconds the run's pods held"},
+        {"name": "Cost", "type": "number", "jsonPath": ".status.compute.cost", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
     ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from datetime import datetime
 
 import pytest
 
@@ -272,6 +273,43 @@ def test_deleting_the_run_garbage_collects_every_child(crd, operator, namespace)
     def nothing_left():
         return [o["metadata"]["name"] for o in c.get(kinds, "-n", ns, "-l", "zeroth.dev/run=gone")["items"]] == []
     wait_for("the garbage collector", nothing_left, timeout=90)
+
+
+def test_gpu_time_and_cost_are_the_gpu_pods_requests_times_their_time(crd, operator, namespace):
+    """status.compute and the operator's zeroth_gpu_seconds / zeroth_cost against the kwok GPU pods'
+    own start and finish times: 2 GPUs from startTime to the trainer's finishedAt, after a first
+    trainer pod was deleted (the gang restarts): what it held is kept once, in `closed`."""
+    c, ns = crd, namespace
+    running(c, operator, ns, "costly", trainers=1, trainer_gpus=2, rollouts=1, rollout_gpus=0,
+            cost={"pricePerGpuHour": 36.0, "currency": "EUR"})
+    (first,) = pods_of(c, ns, "costly", "trainer")
+    c.kubectl("delete", "pod", first["metadata"]["name"], "-n", ns, "--wait=true")
+    wait_for("the restarted gang", lambda: [p for p in live(pods_of(c, ns, "costly", "trainer"))
+                                            if p["metadata"]["uid"] != first["metadata"]["uid"]
+                                            and p["status"].get("phase") == "Running"], operator=operator)
+    (trainer,) = live(pods_of(c, ns, "costly", "trainer"))
+    closed = wait_for("the first pod's time closed", lambda: (
+        (run_of(c, ns, "costly")["status"].get("compute") or {}).get("pods", {}).get(first["metadata"]["uid"]) is None
+        and run_of(c, ns, "costly")["status"]["compute"]), operator=operator)["closed"]
+    time.sleep(3)  # some GPU time to count
+    c.kubectl("label", "pod", trainer["metadata"]["name"], "-n", ns, f"{EXIT_ZERO}=0")
+    wait_for("costly Succeeded", phase_is(c, ns, "costly", "Succeeded"), operator=operator)
+    (trainer,) = pods_of(c, ns, "costly", "trainer")
+    start = datetime.fromisoformat(trainer["status"]["startTime"])
+    end = datetime.fromisoformat(trainer["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"])
+    gpus = int(trainer["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    expected = closed + gpus * (end - start).total_seconds()
+    assert gpus == 2 and expected >= 2 * 3
+
+    def counted():
+        compute = run_of(c, ns, "costly")["status"].get("compute") or {}
+        return compute if compute.get("gpuSeconds") == pytest.approx(expected, abs=1e-3) else None
+    compute = wait_for("the trainer's GPU time in status", counted, timeout=30, operator=operator)
+    assert list(compute["pods"]) == [trainer["metadata"]["uid"]] and compute["closed"] == closed  # counted once
+    assert compute["cost"] == pytest.approx(expected / 3600 * 36.0, abs=1e-5) and compute["currency"] == "EUR"
+    text = operator.metrics()
+    assert f'zeroth_gpu_seconds_total{{namespace="{ns}",run="costly"}} {float(compute["gpuSeconds"])}' in text
+    assert f'zeroth_cost_total{{currency="EUR",namespace="{ns}",run="costly"}} {float(compute["cost"])}' in text
 
 
 def test_the_operator_exports_its_metrics(crd, operator, namespace):

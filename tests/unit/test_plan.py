@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.conftest import minimal_manifest
-from zeroth import validation
+from zeroth import api, validation
 from zeroth.operator import plan as planning
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc)
@@ -583,3 +583,43 @@ def test_a_volume_that_cannot_be_mounted_holds_the_run_with_the_kubelets_words()
     assert ("Warning", "FailedMount") in [(e.type, e.reason) for e in p.events]
     running = planning.plan(RUN, UID, spec(), {"phase": "Running"}, 1, gang(), NOW, mount_failures={"demo-trainer-1": said})
     assert {c["type"]: c["status"] for c in running.status["conditions"]}["Stalled"] == "False"  # an old Event: mounted since
+
+
+def _gpu_pod(name: str, gpus: int, started: datetime | None, finished: datetime | None = None, uid: str | None = None,
+             owner: str = UID) -> dict:
+    p = pod(name, "trainer", phase="Succeeded" if finished else "Running")
+    p["metadata"]["uid"] = uid or f"uid-{name}"
+    p["metadata"]["ownerReferences"][0]["uid"] = owner
+    if gpus:
+        p["spec"]["containers"] = [{"name": "trainer", "resources": {"limits": {"nvidia.com/gpu": str(gpus)},
+                                                                     "requests": {"nvidia.com/gpu": str(gpus)}}}]
+    if started:
+        p["status"]["startTime"] = started.isoformat()
+    if finished:
+        p["status"]["containerStatuses"] = [{"name": "trainer", "state": {"terminated": {
+            "exitCode": 0, "startedAt": started.isoformat(), "finishedAt": finished.isoformat()}}}]
+    return p
+
+
+def test_gpu_time_counts_each_pods_gpus_from_its_start_to_its_end_and_keeps_what_gone_pods_held():
+    cost = api.CostSpec(price_per_gpu_hour=3.6, currency="EUR")
+    pods = [_gpu_pod("a", 2, NOW - timedelta(seconds=100)),  # running: 2 GPUs for 100 s so far
+            _gpu_pod("b", 1, NOW - timedelta(seconds=100), finished=NOW - timedelta(seconds=40)),  # ended: 60 s
+            _gpu_pod("c", 0, NOW - timedelta(seconds=100)),  # a CPU pod holds no GPU
+            _gpu_pod("d", 4, None)]  # not started yet
+    first = planning.gpu_time(None, pods, NOW, cost)
+    assert first["pods"] == {"uid-a": 200.0, "uid-b": 60.0}
+    assert (first["gpuSeconds"], first["closed"], first["currency"]) == (260.0, 0.0, "EUR")
+    assert first["cost"] == pytest.approx(260 / 3600 * 3.6)
+    # within the same minute a running pod's count stands still (no status write, no new pass)
+    assert planning.gpu_time(first, pods, NOW + timedelta(seconds=30), cost) == first
+    # a minute on, pod b gone (a restarted gang): what it held stays in the total
+    later = planning.gpu_time(first, [pods[0]], NOW + timedelta(seconds=60), cost)
+    assert later["pods"] == {"uid-a": 320.0} and later["closed"] == 60.0 and later["gpuSeconds"] == 380.0
+
+
+def test_the_plan_writes_gpu_time_of_its_own_pods_only():
+    mine = _gpu_pod(f"{RUN}-trainer-0", 1, NOW - timedelta(seconds=120))
+    theirs = _gpu_pod("other", 8, NOW - timedelta(seconds=120), owner="someone-else")
+    p = planning.plan(RUN, UID, spec(), {"phase": "Running"}, 1, [mine, theirs], NOW)
+    assert p.status["compute"]["gpuSeconds"] == 120.0 and list(p.status["compute"]["pods"]) == ["uid-" + mine["metadata"]["name"]]
