@@ -47,6 +47,17 @@ class Sample:
 METRICS = metrics.exported_by("worker")
 
 
+def _address(addr: str | None) -> str:
+    """Where others reach a server listening on `addr`: this host's address for every address (a
+    pod's IP), else `addr` itself (loopback when unset)."""
+    if addr not in ("0.0.0.0", ""):
+        return addr or "127.0.0.1"
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:  # a host name nothing resolves: Prometheus finds a pod by its IP anyway
+        return "127.0.0.1"
+
+
 class RolloutWorker:
     def __init__(self, model_path: str, spec: dict[str, Any], index: int = 0, labels: dict[str, str] | None = None,
                  serve_metrics: bool = False):
@@ -68,8 +79,7 @@ class RolloutWorker:
         if serve_metrics:
             addr = os.environ.get(metrics.ADDR_VAR)
             port = metrics.serve(self.metrics.registry, os.environ.get(metrics.PORTS_VAR), addr)
-            host = socket.gethostbyname(socket.gethostname()) if addr in ("0.0.0.0", "") else (addr or "127.0.0.1")
-            self.endpoint = f"{host}:{port}"
+            self.endpoint = f"{_address(addr)}:{port}"
         self._m("worker_weights_version").set(0)
         if any(v.name == "math" for v in self.spec.verifiers):
             import threading
