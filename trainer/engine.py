@@ -200,7 +200,8 @@ class Policy:
         algo = spec.algorithm
         self.parameters = sum(p.numel() for p in model.parameters())  # whole, before ZeRO-3 partitions them
         cuda = torch.cuda.is_available() and spec.trainer.gpus_per_replica > 0
-        self.peak_flops = compute.peak_flops(torch.cuda.get_device_name()) if cuda else None  # None: no MFU
+        peak = spec.trainer.peak_tflops_per_gpu
+        self.peak_flops = (peak * 1e12 if peak else compute.peak_flops(torch.cuda.get_device_name())) if cuda else None
         opt = torch.optim.AdamW(model.parameters(), lr=algo.learning_rate, weight_decay=algo.weight_decay)
         warmup = algo.warmup_steps
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)

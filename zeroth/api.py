@@ -679,6 +679,10 @@ class TrainerSpec(Placement):
     """Samples per forward/backward pass on each rank."""
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
     """DeepSpeed settings."""
+    peak_tflops_per_gpu: float | None = Field(default=None, gt=0, le=100000)
+    """Dense peak TFLOP/s of one trainer GPU, what MFU is measured against. Unset: the GPU is looked
+    up by name in Zeroth's table of data-centre GPUs (bf16 dense), and a GPU it does not know gets
+    no MFU; on CPU there is none."""
 
 
 class RolloutSpec(Placement):
@@ -782,7 +786,7 @@ _ROLE_POD_FIELDS = ("image", "imagePullPolicy", "resources", "nodeSelector", "to
 LIVE = ("suspend", "rollout.replicas", "backoffLimit", "failOnExitCodes", "startupDeadlineSeconds",
         "activeDeadlineSeconds", "ttlSecondsAfterFinished")
 WHILE_SUSPENDED = (*(f"{role}.{f}" for role in ("trainer", "rollout") for f in _ROLE_POD_FIELDS),
-                   "rollout.runtimeClassName", "queueName", "priorityClassName", "imagePullSecrets", "cost", "eval",
+                   "rollout.runtimeClassName", "trainer.peakTflopsPerGpu", "queueName", "priorityClassName", "imagePullSecrets", "cost", "eval",
                    "modelCache")
 IMMUTABLE = ("model", "dataset", "verifiers", "algorithm", "checkpoint", "export",
              "trainer.replicas", "trainer.gpusPerReplica", "trainer.microBatchSize", "trainer.deepspeed",
