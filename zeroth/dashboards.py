@@ -9,6 +9,7 @@ Dev and test time only: the SDK is in the `test` extra, and nothing deployed imp
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from collections.abc import Callable
@@ -88,7 +89,7 @@ def big(title: str, unit: str, *queries: Query, span: int = 6, text: BigValueTex
 
 def variable(name: str, query: str) -> dashboard.QueryVariable:
     """A multi-value variable (All: `.*`) of a label's values, refreshed with the time range."""
-    return (dashboard.QueryVariable(name).label(name).datasource(DATASOURCE).query(query)
+    return (dashboard.QueryVariable(name).datasource(DATASOURCE).query(query)
             .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).sort(VariableSort.ALPHABETICAL_ASC)
             .multi(True).include_all(True).all_value(".*"))
 
@@ -102,7 +103,7 @@ def build(uid: str, title: str, description: str, runs_from: str, rows: list[tup
              .with_variable(dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
              .with_variable(variable("namespace", f"label_values({name}, namespace)"))
              .with_variable(variable("run", f'label_values({name}{{namespace=~"$namespace"}}, run)')))
-    ids = iter(range(1, 1000))
+    ids = itertools.count(1)
     for row, panels in rows:
         widths = sum(p.build().grid_pos.w for p in panels)
         if widths % GRID_WIDTH:
@@ -243,14 +244,10 @@ def dashboards() -> dict[str, dict]:
     return {f"{name}.json": make() for name, make in DASHBOARDS.items()}
 
 
-def _panels(board: dict) -> list[dict]:
-    return [p for top in board["panels"] for p in (top, *top.get("panels", ()))]
-
-
 def panel_queries() -> list[PanelQuery]:
     """Every panel's query, in the order the dashboards show them."""
     return [PanelQuery(file.removesuffix(".json"), panel["title"], target["expr"])
-            for file, board in dashboards().items() for panel in _panels(board) for target in panel.get("targets", ())]
+            for file, board in dashboards().items() for panel in board["panels"] for target in panel.get("targets", ())]
 
 
 def render() -> dict[str, str]:
