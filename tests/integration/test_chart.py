@@ -20,6 +20,7 @@ pytestmark = pytest.mark.cluster
 
 CHART = ROOT / "charts" / "zeroth"
 APP_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+DASHBOARDS = sorted((CHART / "dashboards").glob("*.json"))  # zeroth/dashboards.py writes them
 # `helm template` assumes Kubernetes 1.20 offline, older than the chart's kubeVersion allows
 KUBE_VERSION = "1.31.0"
 COMMAND = ["kopf", "run", "--standalone", "--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz",
@@ -47,7 +48,8 @@ def test_helm_lint_passes(cluster: Cluster):
 
 def test_template_renders_the_operator(cluster: Cluster):
     docs = render(cluster)
-    assert sorted(d["kind"] for d in docs) == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    assert sorted(d["kind"] for d in docs) == ["ClusterRole", "ClusterRoleBinding", *["ConfigMap"] * len(DASHBOARDS),
+                                               "Deployment", "Service", "ServiceAccount"]
     deploy = one(docs, "Deployment")
     assert deploy["spec"]["replicas"] == 1
     assert deploy["spec"]["strategy"] == {"type": "Recreate"}
@@ -116,6 +118,39 @@ def test_pod_monitor_only_where_the_api_is_served(cluster: Cluster):
     assert not [d for d in render(cluster, *served, "--set", "metrics.podMonitor.enabled=false") if d["kind"] == "PodMonitor"]
 
 
+def config_maps(docs: list[dict]) -> list[dict]:
+    return [d for d in docs if d["kind"] == "ConfigMap"]
+
+
+def test_dashboards_ship_as_config_maps_for_grafanas_sidecar(cluster: Cluster):
+    maps = config_maps(render(cluster))
+    assert len(maps) == len(DASHBOARDS) == 4
+    assert len({m["metadata"]["name"] for m in maps}) == len(maps)
+    shipped = {}
+    for m in maps:
+        assert m["metadata"]["namespace"] == "zeroth-system"
+        assert m["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert "annotations" not in m["metadata"]
+        ((file, text),) = m["data"].items()
+        shipped[file] = text
+    assert shipped == {p.name: p.read_text() for p in DASHBOARDS}
+    assert all(json.loads(text)["uid"].startswith("zeroth-") for text in shipped.values())
+
+
+def test_dashboards_label_annotations_namespace_and_off(cluster: Cluster):
+    maps = config_maps(render(cluster, "--set", "dashboards.label=grafana.example.com/dashboard",
+                              "--set-string", "dashboards.labelValue=zeroth", "--set", "dashboards.labels.team=ml",
+                              "--set", "dashboards.annotations.grafana_folder=Zeroth", "--set", "dashboards.namespace=monitoring"))
+    assert len(maps) == len(DASHBOARDS)
+    for m in maps:
+        labels = m["metadata"]["labels"]
+        assert (labels["grafana.example.com/dashboard"], labels["team"]) == ("zeroth", "ml")
+        assert "grafana_dashboard" not in labels
+        assert m["metadata"]["annotations"] == {"grafana_folder": "Zeroth"}
+        assert m["metadata"]["namespace"] == "monitoring"
+    assert not config_maps(render(cluster, "--set", "dashboards.enabled=false"))
+
+
 def test_chart_ships_the_crd_file(cluster: Cluster):
     crds = [d for d in render(cluster, "--include-crds") if d["kind"] == "CustomResourceDefinition"]
     assert crds == [yaml.safe_load(CRD_PATH.read_text())]
@@ -139,6 +174,11 @@ def test_cluster_scoped_names_differ_per_namespace(cluster: Cluster):
     ("watchNamespaces={team-a,Team_B}", "/watchNamespaces/1"),  # not a namespace name
     ("watchNamespaces={team-a,team-a}", "/watchNamespaces"),
     ("watchNamespaces=team-a", "/watchNamespaces"),  # a list, not a string
+    ("dashboards.enabled=maybe", "/dashboards/enabled"),
+    ("dashboards.labelValue=1", "/dashboards/labelValue"),  # a string: the sidecar matches label text
+    ("dashboards.label=grafana dashboard", "/dashboards/label"),  # not a label key
+    ("dashboards.namespace=Monitoring", "/dashboards/namespace"),
+    ("dashboards.folder=Zeroth", "/dashboards"),  # the folder is an annotation of the sidecar's choice
 ])
 def test_values_schema_refuses_naming_the_value(cluster: Cluster, setting: str, path: str):
     proc = cluster.run("helm", "template", "zeroth", str(CHART), "--kube-version", KUBE_VERSION, "--set", setting, check=False)
@@ -234,7 +274,7 @@ def test_uninstall_removes_what_it_installed(cluster: Cluster):
     try:
         rel = install(cluster, "gone", ns)
         objects = [kubectl_ref(d) for d in rel.manifest]
-        assert len(objects) == 5
+        assert len(objects) == 5 + len(DASHBOARDS)
         cluster.kubectl("get", "-n", ns, *objects)
         cluster.run("helm", "uninstall", "gone", "-n", ns, "--wait", "--timeout", f"{scaled(60):.0f}s")
         for obj in objects:
