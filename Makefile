@@ -23,7 +23,7 @@ help:
 	@echo "make cluster-up    start the local Kubernetes control plane (kwok nodes); cluster-down stops it"
 	@echo "make kueue-up      start Kueue against it (queueName admission); kueue-down stops it"
 	@echo "make crd           regenerate charts/zeroth/crds/ from zeroth/api.py"
-	@echo "make dashboards    regenerate charts/zeroth/dashboards/ (Grafana) from zeroth/dashboards.py"
+	@echo "make dashboards    regenerate the chart's Grafana dashboards and README's metrics table from zeroth/metrics.py"
 	@echo "make lock          re-resolve requirements.lock from pyproject.toml"
 	@echo "make image         Zeroth's image, without a daemon (FLAVOUR=cpu|cuda); image-name prints its name"
 
@@ -71,6 +71,7 @@ crd: venv
 
 dashboards: venv
 	$(PY) -m zeroth.dashboards
+	$(PY) -m zeroth.metrics
 
 cluster-build:
 	hack/build-cluster.sh >/dev/null
