@@ -23,6 +23,7 @@ from zeroth.trainer import compute
 from zeroth.trainer.status import StatusWriter
 
 TARGETS_FILE = "prometheus_targets.json"
+TENSORBOARD_DIR = "tensorboard"  # event files of the same records, for `tensorboard --logdir`
 
 
 PLOT_EVERY = 10
@@ -39,6 +40,8 @@ class Reporter:
         self.metrics.registry.register(compute.GpuCollector(self.labels))
         self.parameters, self.devices, self.peak = 0, 1, None
         self._workers: set[str] = set()  # the rollout workers whose queue depth is exported
+        self._tb = None  # TensorBoard's writer, made at the first record
+        self._purge_step: int | None = None
         self.history: list[dict[str, Any]] = []
         path = run_dir / "metrics.jsonl"
         if path.exists():
@@ -136,6 +139,10 @@ class Reporter:
         self._m("checkpoint_step").set(step)
         if written:
             self._m("checkpoints").inc()
+        elif self._tb is None:
+            self._purge_step = step + 1  # resumed from it: TensorBoard forgets what came after
+        if self._tb is not None:
+            self._tb.flush()
         self._say(f"checkpoint step {step}", {})
         self._progress(force=True, lastCheckpointStep=step)
 
@@ -157,6 +164,26 @@ class Reporter:
         self.history.append(record)
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
+        self._tensorboard(record)
+
+    def _tensorboard(self, record: dict[str, Any]) -> None:
+        """The record's numbers as TensorBoard scalars at its step: `train/KEY` for a step's
+        (`train/reward_by_verifier/NAME` for a map), `eval/KEY` for an evaluation's. A resumed run
+        purges the steps after its checkpoint, which it trains again."""
+        if self._tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=self._purge_step, flush_secs=10)
+        step, when = record["step"], record.get("time")
+        group = "eval" if any(k.startswith("eval_") for k in record) else "train"
+        for key, value in record.items():
+            if key in ("step", "time"):
+                continue
+            values = value.items() if isinstance(value, dict) else [(None, value)]
+            for sub, v in values:
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    tag = f"{group}/{key.removeprefix('eval_')}" + (f"/{sub}" if sub is not None else "")
+                    self._tb.add_scalar(tag, v, step, walltime=when)
 
     def _export(self, step: int, samples: list[Sample]) -> None:
         export = self.spec.export
@@ -176,6 +203,8 @@ class Reporter:
     def plot(self, force: bool = False) -> None:
         """Redraws the PNGs from the history every `PLOT_EVERY` records (atomically, so a viewer
         never sees half a file); a redraw costs ~0.1 s, too much for every step of a fast run."""
+        if force and self._tb is not None:
+            self._tb.flush()  # the last step's or a stop's: the event files are whole when the run ends
         if not force and len(self.history) % PLOT_EVERY:
             return
         import matplotlib

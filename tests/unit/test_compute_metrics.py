@@ -75,7 +75,7 @@ def _sample(prompt: int, completion: int) -> Sample:
 
 def _record(**more) -> dict:
     return {"step": 1, "weights_version": 1, "reward_mean": 1.0, "accuracy": 1.0, "tokens_per_second": 10.0,
-            "generated_tokens": 10, "trained_tokens": 10, "step_seconds": 1.0, "generation_seconds": 0.25,
+            "generated_tokens": 10, "trained_tokens": 10, "response_length_mean": 5.0, "step_seconds": 1.0, "generation_seconds": 0.25,
             "weight_sync_seconds": 0.25, "weight_sync_bytes": 4096, "clip_fraction_low": 0.1, "clip_fraction_high": 0.2,
             "rollout_workers": 2, "rollout_workers_joined": 1, "rollout_workers_lost": 0, "rollout_requests_resubmitted": 0,
             **more}
@@ -124,3 +124,32 @@ def test_no_mfu_on_a_cpu(tmp_path):
     assert reporter.metrics.registry.get_sample_value("zeroth_mfu", {"run": "r", "namespace": "ns"}) is None
     assert "mfu" not in json.loads((tmp_path / "metrics.jsonl").read_text())
     assert not (tmp_path / TARGETS_FILE).exists()  # no /metrics served, nothing to scrape
+
+
+def _scalars(directory) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(directory))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_event_files_hold_the_records_and_a_resume_replaces_the_steps_after_its_checkpoint(tmp_path):
+    """Read back with TensorBoard's own reader, as `tensorboard --logdir` would."""
+    spec = validation.validate(minimal_manifest()).spec
+    first = Reporter(tmp_path, "r", "ns", spec, None)
+    first.compute(parameters=10, devices=1, peak=None, workers=[])
+    first.evaluation({"step": 0, "eval_greedy": 0.25, "eval_pass@k": 0.5, "eval_maj@k": 0.25, "eval_k": 4, "eval_size": 8})
+    for step, loss in ((1, 0.9), (2, 0.8), (3, 0.7)):
+        first.step(_record(step=step, loss=loss, reward_by_verifier={"countdown": step / 10}), [_sample(3, 5)])
+    first.plot(force=True)
+    # killed after step 3; the newest checkpoint was step 1: steps 2 and 3 are trained again
+    again = Reporter(tmp_path, "r", "ns", spec, None)
+    again.checkpoint(1, written=False)
+    again.step(_record(step=2, loss=0.5, reward_by_verifier={"countdown": 0.6}), [_sample(3, 5)])
+    again.plot(force=True)
+    got = _scalars(tmp_path / "tensorboard")
+    assert got["train/loss"] == [(1, pytest.approx(0.9)), (2, pytest.approx(0.5))]
+    assert got["train/reward_by_verifier/countdown"] == [(1, pytest.approx(0.1)), (2, pytest.approx(0.6))]
+    assert got["eval/greedy"] == [(0, 0.25)] and got["eval/pass@k"] == [(0, 0.5)]
+    assert "train/time" not in got and "train/step" not in got
