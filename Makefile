@@ -72,6 +72,7 @@ cluster-build:
 	hack/build-cluster.sh >/dev/null
 	hack/build-node.sh >/dev/null
 	hack/build-kueue.sh >/dev/null
+	hack/build-prometheus.sh >/dev/null
 
 cluster-up: cluster-build
 	$(PYTHON) hack/cluster.py up
