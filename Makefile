@@ -14,7 +14,7 @@ VENV := $(ZEROTH_CACHE)/venv-$(LOCK_KEY)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv model image image-name crd cluster-build cluster-up cluster-down kueue-up kueue-down test test-unit test-integration lint run bench lock clean-cache
+.PHONY: help venv model image image-name crd alerts cluster-build cluster-up cluster-down kueue-up kueue-down test test-unit test-integration lint run bench lock clean-cache
 
 help:
 	@echo "make run           a real RL run on this CPU (examples/countdown-tiny.yaml)"
@@ -23,6 +23,7 @@ help:
 	@echo "make cluster-up    start the local Kubernetes control plane (kwok nodes); cluster-down stops it"
 	@echo "make kueue-up      start Kueue against it (queueName admission); kueue-down stops it"
 	@echo "make crd           regenerate charts/zeroth/crds/ from zeroth/api.py"
+	@echo "make alerts        regenerate the chart's alert rules (charts/zeroth/files/alerts.yaml) from zeroth/alerts.py"
 	@echo "make lock          re-resolve requirements.lock from pyproject.toml"
 	@echo "make image         Zeroth's image, without a daemon (FLAVOUR=cpu|cuda); image-name prints its name"
 
@@ -67,6 +68,9 @@ lock: | $(UV)
 
 crd: venv
 	$(PY) -m zeroth.crd > charts/zeroth/crds/reasoningruns.yaml
+
+alerts: venv
+	$(PY) -m zeroth.alerts
 
 cluster-build:
 	hack/build-cluster.sh >/dev/null
