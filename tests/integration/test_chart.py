@@ -139,6 +139,12 @@ def test_cluster_scoped_names_differ_per_namespace(cluster: Cluster):
     ("watchNamespaces={team-a,Team_B}", "/watchNamespaces/1"),  # not a namespace name
     ("watchNamespaces={team-a,team-a}", "/watchNamespaces"),
     ("watchNamespaces=team-a", "/watchNamespaces"),  # a list, not a string
+    ("alerts.noProgressMinutes=soon", "/alerts/noProgressMinutes"),
+    ("alerts.pendingMinutes=0.5", "/alerts/pendingMinutes"),  # whole minutes: a PromQL duration
+    ("alerts.rewardCollapseFraction=2", "/alerts/rewardCollapseFraction"),
+    ("alerts.verifierErrorFraction=0", "/alerts/verifierErrorFraction"),
+    ("alerts.labels.release=1", "/alerts/labels/release"),  # a label's value is a string
+    ("alerts.noProgressMinute=5", "noProgressMinute"),
 ])
 def test_values_schema_refuses_naming_the_value(cluster: Cluster, setting: str, path: str):
     proc = cluster.run("helm", "template", "zeroth", str(CHART), "--kube-version", KUBE_VERSION, "--set", setting, check=False)
