@@ -237,6 +237,9 @@ def test_values_reach_the_rules(helm: Path, promtool: Path, tmp_path: Path):
     assert "changes(zeroth_step[15m])" in no_progress()["expr"]
     assert "changes(zeroth_step[5m])" in no_progress("--set", "alerts.noProgressMinutes=5")["expr"]
     assert no_progress("--set", "alerts.pendingMinutes=5")["expr"] == no_progress()["expr"]
+    # a decimal through --set (which passes it as a string) reaches its rule as a number
+    (group,) = prometheus_rule(helm, "--set", "alerts.logprobMismatchMax=0.25")["spec"]["groups"]
+    assert "zeroth_logprob_mismatch > 0.25" in [r["expr"] for r in group["rules"]]
     seven_minutes = Case("ZerothRunNoProgress", "the last step 7 minutes ago", STEP_STUCK, 17)
     assert promtool_test(promtool, rules_file(helm, tmp_path), [seven_minutes.test()]).returncode == 0
     seven_minutes.labels = FIRES

@@ -140,9 +140,12 @@ def test_cluster_scoped_names_differ_per_namespace(cluster: Cluster):
     ("watchNamespaces={team-a,team-a}", "/watchNamespaces"),
     ("watchNamespaces=team-a", "/watchNamespaces"),  # a list, not a string
     ("alerts.noProgressMinutes=soon", "/alerts/noProgressMinutes"),
+    ("alerts.pendingMinutes=0", "/alerts/pendingMinutes"),
     ("alerts.pendingMinutes=0.5", "/alerts/pendingMinutes"),  # whole minutes: a PromQL duration
     ("alerts.rewardCollapseFraction=2", "/alerts/rewardCollapseFraction"),
+    ("alerts.rewardCollapseFraction=1.5", "/alerts/rewardCollapseFraction"),  # --set passes decimals as strings
     ("alerts.verifierErrorFraction=0", "/alerts/verifierErrorFraction"),
+    ("alerts.logprobMismatchMax=high", "/alerts/logprobMismatchMax"),
     ("alerts.labels.release=1", "/alerts/labels/release"),  # a label's value is a string
     ("alerts.noProgressMinute=5", "noProgressMinute"),
 ])
