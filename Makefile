@@ -14,7 +14,7 @@ VENV := $(ZEROTH_CACHE)/venv-$(LOCK_KEY)
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv model image image-name crd dashboards cluster-build cluster-up cluster-down kueue-up kueue-down test test-unit test-integration lint run bench lock clean-cache
+.PHONY: help venv model image image-name crd dashboards alerts cluster-build cluster-up cluster-down kueue-up kueue-down test test-unit test-integration lint run bench lock clean-cache
 
 help:
 	@echo "make run           a real RL run on this CPU (examples/countdown-tiny.yaml)"
@@ -24,6 +24,7 @@ help:
 	@echo "make kueue-up      start Kueue against it (queueName admission); kueue-down stops it"
 	@echo "make crd           regenerate charts/zeroth/crds/ from zeroth/api.py"
 	@echo "make dashboards    regenerate the chart's Grafana dashboards and README's metrics table from zeroth/metrics.py"
+	@echo "make alerts        regenerate the chart's alert rules (charts/zeroth/files/alerts.yaml) from zeroth/alerts.py"
 	@echo "make lock          re-resolve requirements.lock from pyproject.toml"
 	@echo "make image         Zeroth's image, without a daemon (FLAVOUR=cpu|cuda); image-name prints its name"
 
@@ -73,10 +74,14 @@ dashboards: venv
 	$(PY) -m zeroth.dashboards
 	$(PY) -m zeroth.metrics
 
+alerts: venv
+	$(PY) -m zeroth.alerts
+
 cluster-build:
 	hack/build-cluster.sh >/dev/null
 	hack/build-node.sh >/dev/null
 	hack/build-kueue.sh >/dev/null
+	hack/build-prometheus.sh >/dev/null
 
 cluster-up: cluster-build
 	$(PYTHON) hack/cluster.py up

@@ -179,6 +179,15 @@ def test_cluster_scoped_names_differ_per_namespace(cluster: Cluster):
     ("dashboards.label=grafana dashboard", "/dashboards/label"),  # not a label key
     ("dashboards.namespace=Monitoring", "/dashboards/namespace"),
     ("dashboards.folder=Zeroth", "/dashboards"),  # the folder is an annotation of the sidecar's choice
+    ("alerts.noProgressMinutes=soon", "/alerts/noProgressMinutes"),
+    ("alerts.pendingMinutes=0", "/alerts/pendingMinutes"),
+    ("alerts.pendingMinutes=0.5", "/alerts/pendingMinutes"),  # whole minutes: a PromQL duration
+    ("alerts.rewardCollapseFraction=2", "/alerts/rewardCollapseFraction"),
+    ("alerts.rewardCollapseFraction=1.5", "/alerts/rewardCollapseFraction"),  # --set passes decimals as strings
+    ("alerts.verifierErrorFraction=0", "/alerts/verifierErrorFraction"),
+    ("alerts.logprobMismatchMax=high", "/alerts/logprobMismatchMax"),
+    ("alerts.labels.release=1", "/alerts/labels/release"),  # a label's value is a string
+    ("alerts.noProgressMinute=5", "noProgressMinute"),
 ])
 def test_values_schema_refuses_naming_the_value(cluster: Cluster, setting: str, path: str):
     proc = cluster.run("helm", "template", "zeroth", str(CHART), "--kube-version", KUBE_VERSION, "--set", setting, check=False)
