@@ -113,7 +113,9 @@ def test_pod_monitor_only_where_the_api_is_served(cluster: Cluster):
     docs = render(cluster, *served, "--set", "metrics.podMonitor.labels.release=prometheus")
     monitor = one(docs, "PodMonitor")
     assert monitor["spec"]["selector"]["matchLabels"] == one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
-    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    # honorLabels: the operator's run metrics carry the run's namespace, which must not become the operator's
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s",
+                                                        "honorLabels": True}]
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     assert not [d for d in render(cluster, *served, "--set", "metrics.podMonitor.enabled=false") if d["kind"] == "PodMonitor"]
 
