@@ -19,31 +19,23 @@ from pathlib import Path
 
 import yaml
 
-from zeroth import metrics
+from zeroth import promql
 
 PATH = Path(__file__).resolve().parents[1] / "charts" / "zeroth" / "files" / "alerts.yaml"
-# the part of a histogram a query reads, and what Prometheus calls the series of each kind
-_SUFFIXES = {"counter": {None: "_total"}, "gauge": {None: ""},
-             "histogram": {"bucket": "_bucket", "sum": "_sum", "count": "_count"}}
 _RUN = "namespace, run"
 
 
 def series(name: str, part: str | None = None, **labels: str) -> str:
-    """The series Prometheus stores metric `name` under, with a label selector: counters end in
-    `_total`, histograms in `_bucket`, `_sum` or `_count` (`part`). Unknown names, parts and labels
-    raise, so a rule cannot query what no exporter writes."""
-    try:
-        m = metrics.BY_NAME[name]
-    except KeyError:
-        raise KeyError(f"unknown metric {name!r}; zeroth.metrics defines: {sorted(metrics.BY_NAME)}") from None
-    suffixes = _SUFFIXES[m.kind]
-    if part not in suffixes:
-        raise ValueError(f"{m.kind} {name!r} has no part {part!r}; it has: {sorted(map(str, suffixes))}")
-    unknown = set(labels) - set(m.labels)
+    """The series Prometheus stores metric `name` under (`zeroth.promql.series`: counters end in
+    `_total`, histograms in `_bucket`, `_sum` or `_count` by `part`), with a label selector. Unknown
+    names, parts and labels raise, so a rule cannot query what no exporter writes."""
+    stored = promql.series(name, f"_{part}" if part else None)
+    known = promql.definition(name).labels
+    unknown = set(labels) - set(known)
     if unknown:
-        raise ValueError(f"metric {name!r} has no label {sorted(unknown)}; it has: {list(m.labels)}")
+        raise ValueError(f"metric {name!r} has no label {sorted(unknown)}; it has: {list(known)}")
     selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    return m.full_name + suffixes[part] + (f"{{{selector}}}" if selector else "")
+    return stored + (f"{{{selector}}}" if selector else "")
 
 
 def value(key: str) -> str:
