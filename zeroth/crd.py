@@ -83,7 +83,9 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], model: type[BaseModel] 
             out[key] = " ".join(value.split())  # docstrings wrap; kubectl explain re-wraps
         elif key == "const":
             out["enum"] = [value]
-        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            # JSON Schema's bound, as OpenAPI v3's bound and flag (a node converted twice, as a
+            # nullable field's is, already has them)
             out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
             out[key] = True
         else:

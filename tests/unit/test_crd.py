@@ -31,6 +31,9 @@ def test_schema_is_structural():
         assert "type" in node or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
         if isinstance(node.get("exclusiveMinimum"), bool):
             assert "minimum" in node, path
+        for bound in ("minimum", "maximum"):  # the API server refuses a bound that is not a number
+            if bound in node:
+                assert isinstance(node[bound], (int, float)) and not isinstance(node[bound], bool), (path, bound)
 
 
 def test_every_spec_field_is_described():
