@@ -436,7 +436,7 @@ def _seconds_since(when: str | None, now: datetime) -> float:
     is none yet."""
     if not when:
         return 0.0
-    return (now - datetime.fromisoformat(when).replace(tzinfo=now.tzinfo)).total_seconds()
+    return (now - _time(when).replace(tzinfo=now.tzinfo)).total_seconds()
 
 
 def stamp(t: datetime, up: bool = False) -> str:

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import start_http_server
 
-from zeroth import api
+from zeroth import api, metrics
 from zeroth.metrics import Metrics, exported_by
 from zeroth.rollout.worker import Sample
 from zeroth.trainer import compute
@@ -51,8 +50,7 @@ class Reporter:
         self.export_dir.mkdir(parents=True, exist_ok=True)
         self.port = None
         if metrics_port is not None:
-            server, _ = start_http_server(metrics_port, addr=metrics_addr, registry=self.metrics.registry)
-            self.port = server.server_port
+            self.port = metrics.serve(self.metrics.registry, str(metrics_port), metrics_addr)
             (run_dir / "metrics_port").write_text(str(self.port))
         self.metrics["max_steps"].labels(**self.labels).set(spec.algorithm.max_steps)
         self._progress(maxSteps=spec.algorithm.max_steps)
