@@ -57,7 +57,7 @@ from zeroth.operator import plan as planning
 log = logging.getLogger("zeroth.operator")
 
 _locks: dict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
-_phases: dict[tuple[str, str], str] = {}
+_statuses: dict[tuple[str, str], dict[str, Any]] = {}  # each run's status as its last pass wrote it
 _namespaces: set[str] = set()  # every namespace a run was seen in, so a count can drop to 0
 _ensured: set[str] = set()  # uids whose non-pod children were created by this process
 _failures: dict[tuple[str, str], int] = {}
@@ -69,8 +69,6 @@ CONFLICT_RETRIES = 10  # passes started again at once on a 409 before the pass c
 # GPU time and cost come from each run's status (durable: an operator restart does not reset them)
 _FROM_STATUS = ("gpu_seconds", "cost")
 _metrics = metrics.Metrics(names=tuple(n for n in metrics.exported_by("operator") if n not in _FROM_STATUS))
-_compute: dict[tuple[str, str], dict[str, Any]] = {}  # each run's status.compute
-_restarts: dict[tuple[str, str], int] = {}  # each run's status.restarts, for run_restarts
 _exported: set[tuple[str, str]] = set()  # the runs whose run_phase and run_restarts series exist
 _publish_lock = threading.Lock()
 _clients: dict[str, Any] = {}
@@ -172,7 +170,7 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 def run_event(event: dict[str, Any], namespace: str, name: str, **_: Any) -> None:
     if event.get("type") == "DELETED":
         with _locks[(namespace, name)]:  # after a pass in flight, which would record the phase again
-            _phases.pop((namespace, name), None)  # the garbage collector deletes the children
+            _statuses.pop((namespace, name), None)  # the garbage collector deletes the children
             uid = event["object"]["metadata"]["uid"]
             for key in [k for k in _frozen_runs if k[0] == uid]:
                 _frozen_runs.pop(key, None)
@@ -254,9 +252,9 @@ def _resync_forever(seconds: float) -> None:
         # an earlier run with the same name) are created again this round
         _ensured.clear()
         listed = {(run["metadata"]["namespace"], run["metadata"]["name"]) for run in runs}
-        for key in set(_phases) - listed:  # deleted while no watch saw it
+        for key in set(_statuses) - listed:  # deleted while no watch saw it
             with _locks[key]:
-                _phases.pop(key, None)
+                _statuses.pop(key, None)
         _publish_phases()
         for run in runs:
             _quietly(run["metadata"]["namespace"], run["metadata"]["name"])
@@ -279,7 +277,7 @@ def _reconcile(namespace: str, name: str) -> None:
     except ApiException as e:
         if e.status == 404:  # deleted: the garbage collector deletes the pods
             _end_kueue_groups(namespace, name)
-            _phases.pop((namespace, name), None)
+            _statuses.pop((namespace, name), None)
             _publish_phases()
             return
         raise
@@ -369,9 +367,7 @@ def _reconcile(namespace: str, name: str) -> None:
         _requeues[key] = later = threading.Timer(p.requeue_after + 1.0, _quietly, key)
         later.daemon = True
         later.start()
-    _phases[(namespace, name)] = p.status["phase"]
-    _restarts[(namespace, name)] = p.status["restarts"]
-    _compute[(namespace, name)] = p.status["compute"]
+    _statuses[(namespace, name)] = p.status
     _publish_phases()
 
 
@@ -570,24 +566,22 @@ def _publish_phases() -> None:
     publish at once: one at a time)."""
     with _publish_lock:
         counts: dict[tuple[str, str], int] = defaultdict(int)
-        for (ns, _), phase in list(_phases.items()):
-            counts[(ns, phase)] += 1
+        runs = dict(_statuses)
+        for (ns, _), status in runs.items():
+            counts[(ns, status["phase"])] += 1
         gauge = _metrics["runs"]
-        _namespaces.update(ns for ns, _ in _phases)
+        _namespaces.update(ns for ns, _ in runs)
         for ns in _namespaces:
             for phase in api.PHASES:
                 gauge.labels(namespace=ns, phase=phase).set(counts.get((ns, phase), 0))
-        runs = dict(_phases)
         for ns, name in _exported - set(runs):  # a deleted run's series end with it
             for phase in api.PHASES:
                 _metrics["run_phase"].remove(name, ns, phase)
             _metrics["run_restarts"].remove(name, ns)
-            _restarts.pop((ns, name), None)
-            _compute.pop((ns, name), None)
-        for (ns, name), current in runs.items():
+        for (ns, name), status in runs.items():
             for phase in api.PHASES:
-                _metrics["run_phase"].labels(run=name, namespace=ns, phase=phase).set(1 if phase == current else 0)
-            _metrics["run_restarts"].labels(run=name, namespace=ns).set(_restarts.get((ns, name), 0))
+                _metrics["run_phase"].labels(run=name, namespace=ns, phase=phase).set(1 if phase == status["phase"] else 0)
+            _metrics["run_restarts"].labels(run=name, namespace=ns).set(status["restarts"])
         _exported.clear()
         _exported.update(runs)
 
@@ -611,7 +605,8 @@ class _ComputeCollector:
         gpu, cost = (metrics.BY_NAME[n] for n in _FROM_STATUS)
         families = CounterMetricFamily(gpu.full_name, gpu.help, labels=gpu.labels), \
             CounterMetricFamily(cost.full_name, cost.help, labels=cost.labels)
-        for (ns, name), compute in list(_compute.items()):
+        for (ns, name), status in list(_statuses.items()):
+            compute = status["compute"]
             families[0].add_metric([name, ns], compute["gpuSeconds"])
             families[1].add_metric([name, ns, compute["currency"]], compute["cost"])
         yield from families
