@@ -81,6 +81,10 @@ class RolloutWorker:
             port = metrics.serve(self.metrics.registry, os.environ.get(metrics.PORTS_VAR), addr)
             self.endpoint = f"{_address(addr)}:{port}"
         self._m("worker_weights_version").set(0)
+        self._m("worker_generated_tokens")
+        for verifier in self.spec.verifiers:  # counted from 0, not absent until a first timeout or error
+            for name in ("verifier_timeouts", "verifier_errors"):
+                self._m(name, verifier=verifier.name)
         if any(v.name == "math" for v in self.spec.verifiers):
             import threading
 

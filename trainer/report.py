@@ -53,6 +53,9 @@ class Reporter:
             self.port = metrics.serve(self.metrics.registry, str(metrics_port), metrics_addr)
             (run_dir / "metrics_port").write_text(str(self.port))
         self.metrics["max_steps"].labels(**self.labels).set(spec.algorithm.max_steps)
+        for counter in ("checkpoints", "exported_samples", "rollout_workers_joined", "rollout_workers_lost",
+                        "rollout_requests_resubmitted", "generated_tokens", "trained_tokens", "weight_sync_bytes"):
+            self._m(counter)  # counted from 0 at the start: rate() and increase() see the first rise
         self._progress(maxSteps=spec.algorithm.max_steps)
 
     def _progress(self, force: bool = False, **fields: Any) -> None:
