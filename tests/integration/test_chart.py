@@ -4,6 +4,7 @@ Security "restricted", the operator's RBAC (what it may do and what it may not),
 from __future__ import annotations
 
 import json
+import subprocess
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import yaml
 
 from tests.conftest import CRD_PATH, ROOT, Cluster, minimal_manifest, service_account_kubeconfig
 from tests.speed import scaled
-from zeroth import api, validation
+from zeroth import alerts, api, validation
 from zeroth.operator import builders, handlers
 
 pytestmark = pytest.mark.cluster
@@ -158,6 +159,20 @@ def test_chart_ships_the_crd_file(cluster: Cluster):
     assert crds == [yaml.safe_load(CRD_PATH.read_text())]
 
 
+def test_names_yaml_would_read_as_booleans_stay_strings(cluster: Cluster):
+    """A release named `on` in namespace `off`, watching `yes` and `no`: YAML 1.1 reads each bare
+    word as a boolean, and the API server refuses a boolean label or namespace."""
+    out = cluster.run("helm", "template", "on", str(CHART), "-n", "off", "--kube-version", KUBE_VERSION,
+                      "--set", "watchNamespaces={yes,no}", "--api-versions", "monitoring.coreos.com/v1/PrometheusRule").stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    assert {d["kind"] for d in docs} >= {"Deployment", "Role", "ConfigMap", "PrometheusRule"}
+    for d in docs:
+        meta = d["metadata"]
+        assert all(isinstance(v, str) for v in meta.get("labels", {}).values()), (d["kind"], meta)
+        assert isinstance(meta.get("namespace", ""), str), (d["kind"], meta)
+    assert {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role"} == {"yes", "no"}
+
+
 def test_cluster_scoped_names_differ_per_namespace(cluster: Cluster):
     names = {ns: {d["metadata"]["name"] for d in render(cluster, namespace=ns) if d["kind"].startswith("Cluster")}
              for ns in ("team-a", "team-b")}
@@ -294,6 +309,43 @@ def test_uninstall_removes_what_it_installed(cluster: Cluster):
     finally:
         cluster.run("helm", "uninstall", "gone", "-n", ns, check=False)
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_install_creates_the_dashboards_and_the_prometheus_rule_when_enabled_and_neither_when_not(cluster: Cluster):
+    """With the Prometheus Operator's PrometheusRule CRD (its Go module's) served, `helm install`
+    creates one dashboard ConfigMap per shipped file, labelled for Grafana's sidecar, and the
+    PrometheusRule with the values filled in; with both switched off, neither."""
+    crd = subprocess.run([str(ROOT / "hack" / "monitoring-crds.sh"), "prometheusrules"], check=True, capture_output=True,
+                         text=True).stdout.strip()
+    cluster.kubectl("apply", "--server-side", "-f", crd)
+    ns = restricted_namespace(cluster, "zeroth-system")
+    try:
+        cluster.kubectl("wait", "--for=condition=Established", f"--timeout={scaled(60):.0f}s",
+                        "crd/prometheusrules.monitoring.coreos.com")
+        install(cluster, "on", ns, "--set", "replicaCount=0", "--set", "alerts.noProgressMinutes=25")
+        maps = cluster.get("configmaps", "-n", ns, "-l", "grafana_dashboard=1,app.kubernetes.io/instance=on")["items"]
+        assert sorted(key for m in maps for key in m["data"]) == [p.name for p in DASHBOARDS]
+        for m in maps:
+            ((file, text),) = m["data"].items()
+            assert text == (CHART / "dashboards" / file).read_text()  # whole, trailing newline and all
+        (rule,) = cluster.get("prometheusrules", "-n", ns, "-l", "app.kubernetes.io/instance=on")["items"]
+        rules = rule["spec"]["groups"][0]["rules"]
+        assert [r["alert"] for r in rules] == [a.name for a in alerts.alerts()]
+        (stuck,) = [r for r in rules if r["alert"] == "ZerothRunNoProgress"]
+        assert "[25m]" in stuck["expr"] and "{{ .Values" not in json.dumps(rules)
+
+        install(cluster, "off", ns, "--set", "replicaCount=0", "--set", "dashboards.enabled=false",
+                "--set", "alerts.enabled=false")
+        off = "app.kubernetes.io/instance=off"
+        assert cluster.get("configmaps", "-n", ns, "-l", off)["items"] == []
+        assert cluster.get("prometheusrules", "-n", ns, "-l", off)["items"] == []
+    finally:
+        for release in ("on", "off"):
+            cluster.run("helm", "uninstall", release, "-n", ns, check=False)
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        # gone before the next install asks the API server what it serves
+        cluster.kubectl("delete", "crd", "prometheusrules.monitoring.coreos.com", f"--timeout={scaled(60):.0f}s",
+                        check=False)
 
 
 # ----------------------------------------------------------------------------------- RBAC

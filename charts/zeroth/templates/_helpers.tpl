@@ -31,8 +31,8 @@ Selects the operator's pod. `component: operator` keeps it apart from a run's po
 app.kubernetes.io/name=zeroth (and the run's name as instance, which may equal the release's).
 */}}
 {{- define "zeroth.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "zeroth.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ include "zeroth.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 app.kubernetes.io/component: operator
 {{- end -}}
 
@@ -40,7 +40,7 @@ app.kubernetes.io/component: operator
 {{ include "zeroth.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
-helm.sh/chart: {{ include "zeroth.chart" . }}
+helm.sh/chart: {{ include "zeroth.chart" . | quote }}
 {{- end -}}
 
 {{- define "zeroth.serviceAccountName" -}}
