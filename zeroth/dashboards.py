@@ -244,10 +244,16 @@ def dashboards() -> dict[str, dict]:
     return {f"{name}.json": make() for name, make in DASHBOARDS.items()}
 
 
-def panel_queries() -> list[PanelQuery]:
-    """Every panel's query, in the order the dashboards show them."""
+def shipped(directory: Path = OUT) -> dict[str, dict]:
+    """The dashboards as the chart ships them (the committed files), keyed by file name."""
+    return {p.name: json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))}
+
+
+def panel_queries(boards: dict[str, dict] | None = None) -> list[PanelQuery]:
+    """Every panel's query in `boards` (default: the generator's), in the order the dashboards show them."""
     return [PanelQuery(file.removesuffix(".json"), panel["title"], target["expr"])
-            for file, board in dashboards().items() for panel in board["panels"] for target in panel.get("targets", ())]
+            for file, board in (boards or dashboards()).items() for panel in board["panels"]
+            for target in panel.get("targets", ())]
 
 
 def render() -> dict[str, str]:
