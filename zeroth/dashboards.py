@@ -126,8 +126,9 @@ def overview() -> dict:
                 description="At spec.cost.pricePerGpuHour, over the dashboard's time range."),
             graph("Step and max steps", COUNT, q(gauge("step"), what="step"), q(gauge("max_steps"), what="max steps"),
                   span=12),
-            graph("GPUs held", COUNT, q(rate("gpu_seconds")), span=12,
-                  description="GPU-seconds per second: how many GPUs the run's pods hold."),
+            graph("GPUs held", COUNT, q(rate("gpu_seconds", window="5m")), span=12,
+                  description="GPU-seconds per second over 5 minutes: how many GPUs the run's pods hold. "
+                              "The operator counts GPU time to the minute, so a shorter window jumps."),
         ]),
         ("Reward", [
             graph("Reward (mean)", COUNT, q(mean("reward", matchers=('verifier="all"',))),

@@ -58,9 +58,9 @@ def gauge(name: str, by: tuple[str, ...] = RUN, matchers: tuple[str, ...] = (), 
     return f"{agg} {_by(by)}({selector(name, matchers=matchers)})"
 
 
-def rate(name: str, by: tuple[str, ...] = RUN, matchers: tuple[str, ...] = ()) -> str:
-    """Per-second rate of a counter, summed per `by`."""
-    return f"sum {_by(by)}(rate({selector(name, matchers=matchers)}[{RATE_WINDOW}]))"
+def rate(name: str, by: tuple[str, ...] = RUN, matchers: tuple[str, ...] = (), window: str = RATE_WINDOW) -> str:
+    """Per-second rate of a counter over `window` (default: Grafana's rate interval), summed per `by`."""
+    return f"sum {_by(by)}(rate({selector(name, matchers=matchers)}[{window}]))"
 
 
 def increase(name: str, by: tuple[str, ...] = RUN, window: str = RANGE) -> str:

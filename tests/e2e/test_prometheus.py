@@ -41,6 +41,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 # Their panels must be empty here, not zero.
 ABSENT_ON_CPU = frozenset(metrics.exported_by("gpu")) | {"mfu"}
 SERIES = re.compile(r"\bzeroth_\w+")
+PICTURES = os.environ.get("ZEROTH_DASHBOARD_PICTURES")  # a directory for README's pictures, or unset
+PICTURE_SECONDS = 180
 
 
 class Prometheus:
@@ -125,6 +127,8 @@ def test_prometheus_scrapes_a_run_and_the_operator_and_every_panel_and_alert_eva
         wait_for(lambda: any(r["step"] >= first + 3 for r in steps(run_dir))
                  and any("eval_greedy" in r and r["step"] > first for r in records(run_dir)), 900, "3 steps and an evaluation")
         time.sleep(3)
+        if PICTURES:  # long enough for the pictures to show a trend, and a minute of the operator's GPU time
+            wait_for(lambda: time.time() - started > PICTURE_SECONDS, PICTURE_SECONDS * 2, "the pictures' run")
         now = time.time()
         check_panels(prometheus, now, f"{math.ceil(now - started) + 5}s")
         check_alerts(prometheus, now)
@@ -239,8 +243,7 @@ def draw(prometheus: Prometheus, start: float, end: float, out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / file.replace(".json", ".png"), dpi=70)
         plt.close(fig)
-    wanted = os.environ.get("ZEROTH_DASHBOARD_PICTURES")
-    if wanted:
-        Path(wanted).mkdir(parents=True, exist_ok=True)
+    if PICTURES:
+        Path(PICTURES).mkdir(parents=True, exist_ok=True)
         for png in out.glob("*.png"):
-            shutil.copy(png, Path(wanted) / f"dashboard-{png.name}")
+            shutil.copy(png, Path(PICTURES) / f"dashboard-{png.name}")
