@@ -100,6 +100,7 @@ def load_tasks(spec: api.ReasoningRunSpec, tokenizer) -> tuple[list[data.Task], 
 def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, metrics_port: int | None,
         metrics_addr: str = "127.0.0.1", export_dir: Path | None = None) -> int:
     """Trains to `algorithm.maxSteps` (0) or until SIGTERM/SIGINT (130, after a checkpoint)."""
+    started = time.monotonic()  # a local run's GPUs are held from here (`Reporter`'s gpu_seconds)
     rank, world = dist.get_rank(), dist.get_world_size()
     algo = spec.algorithm
     stop = Stop()
@@ -131,7 +132,7 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
     torch.manual_seed(algo.seed + state.step)
 
     if rank == 0:
-        from zeroth.trainer.report import Reporter
+        from zeroth.trainer.report import Reporter, local_gpus
         from zeroth.trainer.status import StatusWriter
 
         tasks, held_out = load_tasks(spec, policy.tokenizer)
@@ -144,8 +145,11 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
             return not bool(grpo.all_equal_groups(torch.tensor(rewards), len(rewards))[0])
 
         fleet.cursor = state.cursor
+        # what this machine's ranks and rollout actors hold: counted only in a local run
+        gpus = local_gpus(world if policy.engine.device.type == "cuda" else 0, engines * spec.rollout.gpus_per_engine(),
+                          torch.cuda.device_count())
         reporter = Reporter(run_dir, name, namespace, spec, metrics_port, metrics_addr, export_dir,
-                            StatusWriter.from_environment())  # None off a cluster
+                            StatusWriter.from_environment(), gpus=gpus, started=started)  # status None off a cluster
         if found:
             reporter.checkpoint(state.step, written=False)  # the newest complete checkpoint is the one resumed from
     sync_seconds, sync_bytes = _publish(policy, fleet, state.weights_version)

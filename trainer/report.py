@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,46 @@ TENSORBOARD_DIR = "tensorboard"  # event files of the same records, for `tensorb
 PLOT_EVERY = 10
 
 
+def local_gpus(trainer: int, rollout: int, visible: int) -> int:
+    """The GPUs a local run's processes hold, of the `visible` ones: trainer rank r trains on GPU r
+    (`trainer`: the ranks on a GPU, 0 on CPU), and the local Ray gives the rollout actors (`rollout`
+    GPUs in all) the lowest-numbered free GPUs of the same visible ones, unaware of the trainer's:
+    the two share from GPU 0, and no process gets a GPU beyond the visible ones."""
+    return min(max(trainer, rollout), visible)
+
+
+class GpuTime:
+    """A local run's `gpu_seconds` and `cost`: the GPUs its processes hold (`local_gpus`) times the
+    wall seconds since the trainer started, added to what the run's records already counted (a
+    resumed run goes on from there). Read at each scrape, so the counters never wait for a step.
+    On a cluster the operator counts the pods' GPU-seconds instead (status.compute)."""
+
+    def __init__(self, labels: dict[str, str], cost: api.CostSpec, gpus: int, started: float, recorded: float,
+                 clock: Callable[[], float]):
+        self.labels, self.cost, self.gpus, self.started, self.recorded, self.clock = \
+            labels, cost, gpus, started, recorded, clock
+
+    def totals(self) -> dict[str, float]:
+        seconds = self.recorded + self.gpus * max(self.clock() - self.started, 0.0)
+        return {"gpu_seconds": seconds, "cost": seconds / 3600 * self.cost.price_per_gpu_hour}
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        totals = self.totals()
+        for name, extra in (("gpu_seconds", {}), ("cost", {"currency": self.cost.currency})):
+            m = metrics.BY_NAME[name]
+            family = CounterMetricFamily(m.full_name, m.help, labels=m.labels)
+            family.add_metric([{**self.labels, **extra}[k] for k in m.labels], totals[name])
+            yield family
+
+
 class Reporter:
     def __init__(self, run_dir: Path, name: str, namespace: str, spec: api.ReasoningRunSpec, metrics_port: int | None,
-                 metrics_addr: str = "127.0.0.1", export_dir: Path | None = None, status: StatusWriter | None = None):
+                 metrics_addr: str = "127.0.0.1", export_dir: Path | None = None, status: StatusWriter | None = None,
+                 gpus: int = 0, started: float | None = None, clock: Callable[[], float] = time.monotonic):
+        """`gpus`: what this run's local processes hold (`local_gpus`), held since `started` (by `clock`,
+        now when None); counted only off a cluster (`status` None), where no operator counts them."""
         self.run_dir = run_dir
         self.spec = spec
         self.status = status
@@ -46,6 +85,11 @@ class Reporter:
         if path.exists():
             self.history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         self.jsonl = open(path, "a")
+        self.gpu_time = None
+        if status is None:
+            recorded = next((r["gpu_seconds"] for r in reversed(self.history) if "gpu_seconds" in r), 0.0)
+            self.gpu_time = GpuTime(self.labels, spec.cost, gpus, clock() if started is None else started, recorded, clock)
+            self.metrics.registry.register(self.gpu_time)
         self.export_dir = export_dir or run_dir / "samples"
         self.export_dir.mkdir(parents=True, exist_ok=True)
         self.port = None
@@ -87,6 +131,8 @@ class Reporter:
         """One training step: metrics.jsonl, Prometheus, exported samples."""
         m = self._m
         self._flops(record, samples)
+        if self.gpu_time is not None:
+            record.update(self.gpu_time.totals())  # in metrics.jsonl: a resumed run goes on from them
         for s in samples:
             m("reward", verifier="all").observe(s.reward)
             for name, score in s.scores.items():

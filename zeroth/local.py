@@ -117,9 +117,36 @@ def run(manifest: Path | None, resume: Path | None, runs_root: Path, metrics_por
         return rc
     if interrupted:
         console.print(f"stopped; resume with: [bold]zeroth run --resume {run_dir}[/]", soft_wrap=True)
+        _gpu_time(run_, run_dir, console)
         return 130
     console.print(f"[green]done[/]: {run_dir}/reward.png, {run_dir}/metrics.jsonl, {run_dir}/samples/")
+    _gpu_time(run_, run_dir, console)
     return 0
+
+
+def gpu_time(run_: api.ReasoningRun, run_dir: Path) -> str | None:
+    """The run's GPU time and cost in one line, as the last step's record in metrics.jsonl counts
+    them (trainer rank 0 writes them into each step's record); None before there is one."""
+    path = run_dir / "metrics.jsonl"
+    for line in reversed(path.read_text().splitlines() if path.exists() else []):
+        try:
+            last = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if "gpu_seconds" in last:
+            break
+    else:
+        return None
+    hours, cost = last["gpu_seconds"] / 3600, run_.spec.cost
+    note = (" (no GPU: this run used the CPU)" if not last["gpu_seconds"] else
+            " (no price: set spec.cost.pricePerGpuHour)" if not cost.price_per_gpu_hour else "")
+    return f"GPU time {hours:.2f} GPU-hours{note}, cost {last['cost']:.2f} {cost.currency}"
+
+
+def _gpu_time(run_: api.ReasoningRun, run_dir: Path, console: Console) -> None:
+    line = gpu_time(run_, run_dir)
+    if line is not None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def failure(run_dir: Path) -> str:

@@ -39,6 +39,7 @@ class Metric:
     labels: tuple[str, ...] = RUN_LABELS
     buckets: tuple[float, ...] | None = None
     source: Source = "trainer"
+    locally: Source | None = None  # who exports it instead in a local run (`zeroth run`: no operator)
 
     @property
     def full_name(self) -> str:
@@ -111,9 +112,10 @@ DEFINITIONS: tuple[Metric, ...] = (
     Metric("model_flops", "counter", "Model FLOPs of training (6 * params * tokens) and generation (2 * params * tokens)",
            (*RUN_LABELS, "phase")),
     Metric("mfu", "gauge", "Model FLOPs utilisation of the trainer, 0..1, against the GPUs' peak (absent on CPU)"),
-    Metric("gpu_seconds", "counter", "GPU-seconds held by the run's pods", source="operator"),
+    Metric("gpu_seconds", "counter", "GPU-seconds held by the run's pods (a local run: its processes)", source="operator",
+           locally="trainer"),
     Metric("cost", "counter", "Cost of the GPU-seconds at spec.cost.pricePerGpuHour", (*RUN_LABELS, "currency"),
-           source="operator"),
+           source="operator", locally="trainer"),
     # the operator
     Metric("reconcile_seconds", "histogram", "Operator reconcile time", ("handler",), _SECONDS, source="operator"),
     Metric("reconcile_errors", "counter", "Operator reconcile failures", ("handler",), source="operator"),
@@ -186,7 +188,9 @@ def markdown_table() -> str:
     rows = ["| metric | kind | labels | exported by | meaning |", "|---|---|---|---|---|"]
     for m in DEFINITIONS:
         name = m.full_name + (SUFFIX[m.kind] if m.kind == "counter" else "")
-        rows.append(f"| `{name}` | {m.kind} | {', '.join(m.labels)} | {SOURCE_WORDS[m.source]} | {m.help.replace('|', '/')} |")
+        by = SOURCE_WORDS[m.source] + (f"; {SOURCE_WORDS[m.locally]} in a local run" if m.locally else "")
+        meaning = m.help.replace("|", "\\|")  # a pipe escaped, not ending the cell
+        rows.append(f"| `{name}` | {m.kind} | {', '.join(m.labels)} | {by} | {meaning} |")
     return "\n".join(rows)
 
 

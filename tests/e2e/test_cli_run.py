@@ -46,7 +46,9 @@ def test_ctrl_c_checkpoints_then_resume_finishes_and_eval_scores(tmp_path):
     saved = json.loads(sorted((run_dir / "checkpoints").glob("step-*/trainer_state.json"))[-1].read_text())
     assert saved["step"] == stopped_at  # it finished the step and checkpointed it before stopping
 
-    finish(start_run(tmp_path, resume=run_dir))
+    out = finish(start_run(tmp_path, resume=run_dir))
+    # no GPU held: GPU time (counted by rank 0 in a local run, on from the interrupted part) is 0
+    assert "GPU time 0.00 GPU-hours (no GPU: this run used the CPU), cost 0.00 USD" in " ".join(out.split()), out[-2000:]
     assert [r["step"] for r in steps(run_dir)] == list(range(1, 9))  # nothing lost, nothing repeated
     # rank 0 says each step on its stdout (trainer.log here; `kubectl logs` in a pod)
     log = (run_dir / "trainer.log").read_text()

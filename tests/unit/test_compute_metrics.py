@@ -107,8 +107,8 @@ def test_rank_0_exports_flops_mfu_counters_and_a_file_sd_of_every_endpoint(tmp_p
     assert value("zeroth_checkpoints_total") == 1 and value("zeroth_exported_samples_total") == 4
     assert value("zeroth_worker_queue_depth", worker="1") == 2
     assert value("zeroth_worker_queue_depth", worker="0") is None  # its series ended with it
-    # what the workers export themselves is not exported here too
-    assert not [k for k in got if k[0].startswith("zeroth_verifier_") or k[0].startswith("zeroth_gpu_")]
+    # what the workers and NVML export themselves is not exported here too
+    assert not [k for k in got if k[0].startswith(("zeroth_verifier_", "zeroth_gpu_utilization", "zeroth_gpu_memory"))]
     targets = json.loads((tmp_path / TARGETS_FILE).read_text())
     assert targets == [{"targets": [f"127.0.0.1:{reporter.port}"], "labels": {"job": "zeroth-trainer"}},
                        {"targets": ["127.0.0.1:8", "127.0.0.1:9"], "labels": {"job": "zeroth-rollout"}}]
