@@ -79,6 +79,18 @@ def wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.5)
 
 
+def until(what: str, check, timeout: float, explain=lambda: ""):
+    """`check()`'s first true value, polled each second; fails after `timeout` reference seconds
+    (scaled), with `explain()` (the state that would say why)."""
+    deadline = time.monotonic() + speed.scaled(timeout)
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(1)
+    raise AssertionError(f"timed out after {speed.scaled(timeout):.0f} s waiting for {what}\n{explain()}")
+
+
 def kill_trainer(run_dir: Path) -> None:
     """SIGKILL torchrun and every rank (each rank is a session leader of its own), as a node loss would."""
     groups = [int((run_dir / "trainer.pid").read_text())]

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests import speed
 from tests.conftest import ROOT, Cluster, hack_module
-from tests.e2e.conftest import manifest
+from tests.e2e.conftest import manifest, until
 from zeroth import api, promql
 from zeroth.operator import builders
 
@@ -49,16 +49,6 @@ def sh(cluster: Cluster, *args: str, timeout: float = 120) -> str:
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
     return proc.stdout
-
-
-def wait_for(what: str, check, timeout: float, explain=lambda: ""):
-    deadline = time.monotonic() + speed.scaled(timeout)
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(1)
-    raise AssertionError(f"timed out after {speed.scaled(timeout):.0f} s waiting for {what}\n{explain()}")
 
 
 @pytest.fixture(scope="module")
@@ -233,7 +223,7 @@ def probe(c: Cluster, probes: dict[str, tuple[str, dict[str, str]]], targets: li
         return all(c.get("pod", name, "-n", ns)["status"].get("phase") in ("Succeeded", "Failed")
                    for name, (ns, _) in probes.items())
 
-    wait_for("the probe pods to finish", done, 180, lambda: "\n".join(describe(c, ns) for ns, _ in probes.values()))
+    until("the probe pods to finish", done, 180, lambda: "\n".join(describe(c, ns) for ns, _ in probes.values()))
     out = {}
     for name, (ns, _) in probes.items():
         log = c.kubectl("logs", name, "-n", ns).stdout
@@ -272,35 +262,35 @@ def test_countdown_in_containers_killed_and_suspended(crd, operator_ns, namespac
         return describe(c, ns) + "\n---- operator:\n" + logs
 
     selector = f"zeroth.dev/run={name}"
-    wait_for("every pod Running", healthy(c, ns, selector, lambda: len([p for p in pods(c, ns, selector)
+    until("every pod Running", healthy(c, ns, selector, lambda: len([p for p in pods(c, ns, selector)
                                                 if p["status"].get("phase") == "Running"]) == 5), 600, explain)
     assert len(running_containers(ns)) == 10, describe(c, ns)  # each pod's container and its sandbox, as containerd sees them
     for p in pods(c, ns, selector):
         assert p["spec"]["nodeName"] == HACK.REAL_NODE, p["metadata"]["name"]
     # training has started and checkpointed (every 2 steps)
-    wait_for("step 3", healthy(c, ns, selector, lambda: any(r["step"] >= 3 for r in metric_steps(run_dir))), 900, explain)
+    until("step 3", healthy(c, ns, selector, lambda: any(r["step"] >= 3 for r in metric_steps(run_dir))), 900, explain)
     t_train = time.monotonic()
 
     # kubectl scale, down and up: the fleet follows its pods mid-run, without a restart
     rollouts = f"{selector},zeroth.dev/role=rollout"
     c.kubectl("scale", f"reasoningrun/{name}", "-n", ns, "--replicas=1")
-    wait_for("the fleet down to 1 worker", healthy(c, ns, selector, lambda: len(pods(c, ns, rollouts)) == 1 and any(
+    until("the fleet down to 1 worker", healthy(c, ns, selector, lambda: len(pods(c, ns, rollouts)) == 1 and any(
         r.get("rollout_workers") == 1 for r in metric_steps(run_dir))), 300, explain)
     c.kubectl("scale", f"reasoningrun/{name}", "-n", ns, "--replicas=3")
-    wait_for("the fleet up to 3 workers", healthy(c, ns, selector, lambda: any(
+    until("the fleet up to 3 workers", healthy(c, ns, selector, lambda: any(
         r.get("rollout_workers") == 3 for r in metric_steps(run_dir))), 600, explain)
     assert phase(c, ns, name).get("restarts", 0) == 0, "scaling restarted the gang"
 
     # a real kill: the pod deleted, its container stopped by the kubelet; the gang restarts
     c.kubectl("delete", "pod", f"{name}-trainer-1", "-n", ns, "--wait=false")
-    wait_for("status.restarts 1", lambda: phase(c, ns, name).get("restarts", 0) >= 1, 300, explain)
+    until("status.restarts 1", lambda: phase(c, ns, name).get("restarts", 0) >= 1, 300, explain)
     # the gang restarts at once on the deletion (a disruption), while the old rank 0 may still
     # finish a step: count steps from when the new gang runs
     new_gang = f"{selector},zeroth.dev/role=trainer,zeroth.dev/attempt=1"
-    wait_for("the new gang running", lambda: [p["status"].get("phase") for p in pods(c, ns, new_gang)
+    until("the new gang running", lambda: [p["status"].get("phase") for p in pods(c, ns, new_gang)
                                               if not p["metadata"].get("deletionTimestamp")] == ["Running"] * 2, 600, explain)
     seen = len(metric_steps(run_dir))
-    wait_for("a step after the restart", lambda: len(metric_steps(run_dir)) > seen, 900, explain)
+    until("a step after the restart", lambda: len(metric_steps(run_dir)) > seen, 900, explain)
 
     # each rollout pod serves its own worker's /metrics on the port its PodMonitor scrapes (read
     # through the API server's pod proxy): tokens it generated, the weights it holds, its verifiers
@@ -335,10 +325,10 @@ def test_countdown_in_containers_killed_and_suspended(crd, operator_ns, namespac
 
     # suspend: every pod goes, the checkpoint stays; resume: on from it
     c.kubectl("patch", "reasoningrun", name, "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}')
-    wait_for("phase Suspended, no pods", lambda: phase(c, ns, name).get("phase") == "Suspended"
+    until("phase Suspended, no pods", lambda: phase(c, ns, name).get("phase") == "Suspended"
              and not pods(c, ns, selector), 300, explain)
     c.kubectl("patch", "reasoningrun", name, "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
-    status = wait_for("phase Succeeded", lambda: (s := phase(c, ns, name)).get("phase") == "Succeeded" and s,
+    status = until("phase Succeeded", lambda: (s := phase(c, ns, name)).get("phase") == "Succeeded" and s,
                       1800, explain)
     t_end = time.monotonic()
 
@@ -392,8 +382,8 @@ def test_countdown_in_containers_killed_and_suspended(crd, operator_ns, namespac
 
     # deleting the run leaves no container of it on the node
     c.kubectl("delete", "reasoningrun", name, "-n", ns, "--wait=true", f"--timeout={speed.scaled(120):.0f}s")
-    wait_for("the run's pods gone", lambda: not pods(c, ns, selector), 300, explain)
-    wait_for("no container of the namespace running on the node", lambda: not running_containers(ns), 300,
+    until("the run's pods gone", lambda: not pods(c, ns, selector), 300, explain)
+    until("no container of the namespace running on the node", lambda: not running_containers(ns), 300,
              lambda: str(running_containers(ns)))
 
 
@@ -420,7 +410,7 @@ def test_the_code_sandbox_holds_in_a_rollout_pod(crd, image, namespace):
         phase = crd.get("pod", name, "-n", namespace)["status"].get("phase")
         return phase if phase in ("Succeeded", "Failed") else None
 
-    wait_for("the sandbox check to end", ended, 300, lambda: describe(crd, namespace))
+    until("the sandbox check to end", ended, 300, lambda: describe(crd, namespace))
     logs = crd.kubectl("logs", name, "-n", namespace).stdout
     report = json.loads(logs.strip().splitlines()[-1])
     rows = {r["name"]: r for r in report["rows"]}

@@ -27,7 +27,7 @@ import yaml
 
 from tests import procs
 from tests.conftest import _free_port
-from tests.e2e.conftest import run_dir_of, start_run, steps, records, wait_for
+from tests.e2e.conftest import records, run_dir_of, start_run, steps, until, wait_for
 from tests.e2e.test_resume_async import short
 from tests.integration.test_alerts import built, rules_file
 from tests.integration.test_operator import running
@@ -148,7 +148,7 @@ def check_targets(prometheus: Prometheus, targets_file: Path, operator_port: int
     def up():
         targets = prometheus.api("targets")["activeTargets"]
         return {t["labels"]["instance"] for t in targets if t["health"] == "up"} >= want or targets
-    wait_for_value(lambda: up() is True, 30, f"{sorted(want)} up", lambda: json.dumps(up(), indent=1))
+    until(f"{sorted(want)} up", lambda: up() is True, 30, lambda: json.dumps(up(), indent=1))
 
 
 def check_panels(prometheus: Prometheus, at: float, window: str) -> None:
@@ -181,23 +181,12 @@ def check_alerts(prometheus: Prometheus, at: float) -> None:
     def loaded():
         rules = [r for g in prometheus.api("rules")["groups"] for r in g["rules"]]
         return rules if rules and all(r.get("lastEvaluation", "").startswith("20") for r in rules) else None
-    rules = wait_for_value(loaded, 30, "every rule evaluated once")
+    rules = until("every rule evaluated once", loaded, 30)
     assert [r["name"] for r in rules] == [a.name for a in alerts.alerts()]
     broken = [f"{r['name']}: {r.get('lastError')}" for r in rules if r["health"] != "ok"]
     assert not broken, broken
     for rule in rules:
         prometheus.api("query", query=rule["query"], time=at)  # status success, or the assertion names it
-
-
-def wait_for_value(check, timeout: float, what: str, explain=lambda: ""):
-    """`check()` once it is true; fails after `timeout` reference seconds (scaled), with `explain()`."""
-    deadline = time.monotonic() + scaled(timeout)
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}\n{explain()}")
 
 
 # ------------------------------------------------------------------------------ the pictures
