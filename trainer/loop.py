@@ -145,11 +145,11 @@ def run(spec: api.ReasoningRunSpec, name: str, namespace: str, run_dir: Path, me
             return not bool(grpo.all_equal_groups(torch.tensor(rewards), len(rewards))[0])
 
         fleet.cursor = state.cursor
-        # what this machine's ranks and rollout actors hold: counted only in a local run
+        # what this machine's ranks and rollout actors hold (None on a cluster: the operator counts)
         gpus = local_gpus(world if policy.engine.device.type == "cuda" else 0, engines * spec.rollout.gpus_per_engine(),
                           torch.cuda.device_count())
         reporter = Reporter(run_dir, name, namespace, spec, metrics_port, metrics_addr, export_dir,
-                            StatusWriter.from_environment(), gpus=gpus, started=started)  # status None off a cluster
+                            StatusWriter.from_environment(), gpus=gpus, started=started)  # None off a cluster
         if found:
             reporter.checkpoint(state.step, written=False)  # the newest complete checkpoint is the one resumed from
     sync_seconds, sync_bytes = _publish(policy, fleet, state.weights_version)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from zeroth.metrics import Metrics, exported_by
 from zeroth.rollout.worker import Sample
 from zeroth.trainer import compute
 from zeroth.trainer.status import StatusWriter
+from zeroth.trainer.status import active as status_active
 
 TARGETS_FILE = "prometheus_targets.json"
 TENSORBOARD_DIR = "tensorboard"  # event files of the same records, for `tensorboard --logdir`
@@ -30,33 +31,41 @@ TENSORBOARD_DIR = "tensorboard"  # event files of the same records, for `tensorb
 PLOT_EVERY = 10
 
 
-def local_gpus(trainer: int, rollout: int, visible: int) -> int:
+def local_gpus(trainer: int, rollout: int, visible: int, environ: Mapping[str, str] = os.environ) -> int | None:
     """The GPUs a local run's processes hold, of the `visible` ones: trainer rank r trains on GPU r
     (`trainer`: the ranks on a GPU, 0 on CPU), and the local Ray gives the rollout actors (`rollout`
     GPUs in all) the lowest-numbered free GPUs of the same visible ones, unaware of the trainer's:
-    the two share from GPU 0, and no process gets a GPU beyond the visible ones."""
+    the two share from GPU 0, and no process gets a GPU beyond the visible ones. None in a pod of a
+    run on a cluster (its status writable or not), where the operator counts the pods' GPU time:
+    two exporters would double a dashboard's `sum by (namespace, run)`."""
+    if status_active(environ):
+        return None
     return min(max(trainer, rollout), visible)
 
 
 class GpuTime:
     """A local run's `gpu_seconds` and `cost`: the GPUs its processes hold (`local_gpus`) times the
-    wall seconds since the trainer started, added to what the run's records already counted (a
-    resumed run goes on from there). Read at each scrape, so the counters never wait for a step.
-    On a cluster the operator counts the pods' GPU-seconds instead (status.compute)."""
+    wall seconds since the trainer started. The counters are this process's own, from 0 (a resumed
+    run's Prometheus sees a counter reset, which increase() and rate() handle; starting from the
+    records' total would read lower than the last scrape of the process before, and count it
+    twice); the records hold the run's total, on from what they counted before (`recorded`). Read
+    at each scrape, so the counters never wait for a step. On a cluster the operator counts the
+    pods' GPU-seconds instead (status.compute)."""
 
     def __init__(self, labels: dict[str, str], cost: api.CostSpec, gpus: int, started: float, recorded: float,
                  clock: Callable[[], float]):
         self.labels, self.cost, self.gpus, self.started, self.recorded, self.clock = \
             labels, cost, gpus, started, recorded, clock
 
-    def totals(self) -> dict[str, float]:
-        seconds = self.recorded + self.gpus * max(self.clock() - self.started, 0.0)
+    def totals(self, since_start: bool = False) -> dict[str, float]:
+        """The run's GPU-seconds and cost (this process's alone with `since_start`)."""
+        seconds = (0.0 if since_start else self.recorded) + self.gpus * max(self.clock() - self.started, 0.0)
         return {"gpu_seconds": seconds, "cost": seconds / 3600 * self.cost.price_per_gpu_hour}
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily
 
-        totals = self.totals()
+        totals = self.totals(since_start=True)
         for name, extra in (("gpu_seconds", {}), ("cost", {"currency": self.cost.currency})):
             m = metrics.BY_NAME[name]
             family = CounterMetricFamily(m.full_name, m.help, labels=m.labels)
@@ -67,9 +76,9 @@ class GpuTime:
 class Reporter:
     def __init__(self, run_dir: Path, name: str, namespace: str, spec: api.ReasoningRunSpec, metrics_port: int | None,
                  metrics_addr: str = "127.0.0.1", export_dir: Path | None = None, status: StatusWriter | None = None,
-                 gpus: int = 0, started: float | None = None, clock: Callable[[], float] = time.monotonic):
-        """`gpus`: what this run's local processes hold (`local_gpus`), held since `started` (by `clock`,
-        now when None); counted only off a cluster (`status` None), where no operator counts them."""
+                 gpus: int | None = None, started: float | None = None, clock: Callable[[], float] = time.monotonic):
+        """`gpus`: what a local run's processes hold (`local_gpus`), held since `started` (by `clock`,
+        now when None); None on a cluster, where the operator counts the pods' GPU time."""
         self.run_dir = run_dir
         self.spec = spec
         self.status = status
@@ -86,7 +95,7 @@ class Reporter:
             self.history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         self.jsonl = open(path, "a")
         self.gpu_time = None
-        if status is None:
+        if gpus is not None:
             recorded = next((r["gpu_seconds"] for r in reversed(self.history) if "gpu_seconds" in r), 0.0)
             self.gpu_time = GpuTime(self.labels, spec.cost, gpus, clock() if started is None else started, recorded, clock)
             self.metrics.registry.register(self.gpu_time)

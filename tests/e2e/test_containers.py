@@ -294,19 +294,27 @@ def test_countdown_in_containers_killed_and_suspended(crd, operator_ns, namespac
 
     # each rollout pod serves its own worker's /metrics on the port its PodMonitor scrapes (read
     # through the API server's pod proxy): tokens it generated, the weights it holds, its verifiers
+    def worker_metrics() -> dict[str, dict] | None:
+        """Each Running rollout pod's /metrics samples, by pod; None until all 3 answer."""
+        found = {}
+        for pod in pods(c, ns, rollouts):
+            if pod["metadata"].get("deletionTimestamp") or pod["status"].get("phase") != "Running":
+                continue
+            path = f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}:{builders.METRICS_PORT}/proxy/metrics"
+            proc = c.kubectl("get", "--raw", path, check=False)
+            if proc.returncode == 0:
+                found[pod["metadata"]["name"]] = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                                                  for f in text_string_to_metric_families(proc.stdout) for s in f.samples}
+        return found if len(found) == 3 else None
+
+    tokens, version = promql.series("worker_generated_tokens"), promql.series("worker_weights_version")
+    errors = (promql.series("verifier_errors"), (("namespace", ns), ("run", name), ("verifier", "countdown")))
     generated = {}
-    for pod in pods(c, ns, rollouts):
-        if pod["metadata"].get("deletionTimestamp") or pod["status"].get("phase") != "Running":
-            continue
-        path = f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}:{builders.METRICS_PORT}/proxy/metrics"
-        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                   for f in text_string_to_metric_families(c.kubectl("get", "--raw", path).stdout) for s in f.samples}
-        tokens, version = promql.series("worker_generated_tokens"), promql.series("worker_weights_version")
+    for pod, samples in until("3 rollout pods serving /metrics", worker_metrics, 300, explain).items():
         (worker,) = {dict(k)["worker"] for k in samples if k[0] == tokens}
         labels = (("namespace", ns), ("run", name), ("worker", worker))
         generated[worker] = samples[(tokens, labels)]
-        assert samples[(version, labels)] >= 1, pod["metadata"]["name"]
-        errors = (promql.series("verifier_errors"), (("namespace", ns), ("run", name), ("verifier", "countdown")))
+        assert samples[(version, labels)] >= 1, pod
         assert errors in samples, sorted(samples)
     assert len(generated) == 3 and sum(generated.values()) > 0, generated
 

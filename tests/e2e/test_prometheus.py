@@ -5,7 +5,7 @@ Every query of the dashboards the chart ships, and every alert expression, is th
 through Prometheus's HTTP API: a metric renamed on one side leaves a panel empty, and this fails.
 
 The panels are also drawn from Prometheus's answers (PNGs under the test's tmp dir; set
-ZEROTH_DASHBOARD_PICTURES=docs/img to write README's pictures).
+ZEROTH_DASHBOARD_PICTURES=docs to redraw README's pictures).
 """
 
 from __future__ import annotations
@@ -33,13 +33,14 @@ from tests.integration.test_alerts import built, rules_file
 from tests.integration.test_operator import running
 from tests.speed import scaled
 from zeroth import alerts, dashboards, metrics, promql
+from zeroth.trainer.compute import Nvml
 from zeroth.trainer.report import TARGETS_FILE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
-# What a machine without a GPU cannot have: NVML's numbers, and MFU (no peak to measure against).
-# Their panels must be empty here, not zero.
-ABSENT_ON_CPU = frozenset(metrics.exported_by("gpu")) | {"mfu"}
+# What a run on the CPU cannot have: MFU (no peak to measure against), and on a machine without a
+# GPU, NVML's numbers. Their panels must be empty, not zero.
+ABSENT = frozenset({"mfu"} | (set() if Nvml().sample() else set(metrics.exported_by("gpu"))))
 SERIES = re.compile(r"\bzeroth_\w+")
 PICTURES = os.environ.get("ZEROTH_DASHBOARD_PICTURES")  # a directory for README's pictures, or unset
 PICTURE_SECONDS = 180
@@ -101,7 +102,7 @@ def test_prometheus_scrapes_a_run_and_the_operator_and_every_panel_and_alert_eva
     # the run's side: a short real run, evaluated every 2 steps so that eval_accuracy exists mid-run,
     # with a KL term (the R1-Zero default has none, and then no zeroth_kl)
     # and more steps than the test waits for: it stops the run (Ctrl-C) once it has checked
-    proc = start_run(tmp_path, short("scraped", eval={"everySteps": 2}, algorithm={"klCoef": 0.01, "maxSteps": 500}))
+    proc = start_run(tmp_path, short("scraped", eval={"everySteps": 2}, algorithm={"klCoef": 0.01, "maxSteps": 5000}))
     wait_for(lambda: list(tmp_path.glob(f"runs/scraped-*/{TARGETS_FILE}")), 300, "the run's Prometheus targets")
     targets_file = run_dir_of(tmp_path, "scraped") / TARGETS_FILE
     run_dir = targets_file.parent
@@ -157,10 +158,12 @@ def check_panels(prometheus: Prometheus, at: float, window: str) -> None:
     empty, not_finite, present_on_cpu = [], [], []
     queries = dashboards.panel_queries(dashboards.shipped())
     assert len(queries) > 40  # all four dashboards
+    answers = {}
     for query in queries:
-        result = prometheus.api("query", query=query.promql(rate_interval=window, range_=window), time=at)["result"]
+        answers[query.panel] = result = prometheus.api(
+            "query", query=query.promql(rate_interval=window, range_=window), time=at)["result"]
         where = f"{query.dashboard} / {query.panel}: {query.expr}"
-        if metric_names(query.expr) & ABSENT_ON_CPU:
+        if metric_names(query.expr) & ABSENT:
             if result:
                 present_on_cpu.append(f"{where} -> {result}")
         elif not result:
@@ -169,7 +172,12 @@ def check_panels(prometheus: Prometheus, at: float, window: str) -> None:
             not_finite.append(f"{where} -> {result}")
     assert not empty, "panels with no data:\n" + "\n".join(empty)
     assert not not_finite, "panels with values that are not finite:\n" + "\n".join(not_finite)
-    assert not present_on_cpu, "GPU panels with data on a machine without a GPU:\n" + "\n".join(present_on_cpu)
+    assert not present_on_cpu, "panels of what this machine cannot measure, with data:\n" + "\n".join(present_on_cpu)
+    # GPU time and cost from both exporters: the operator (the priced kwok run, in its currency)
+    # and, for a local run, rank 0 (no GPU held here: 0)
+    for panel in ("GPU-hours in range", "Cost in range", "GPUs held"):
+        assert {r["metric"]["run"] for r in answers[panel]} == {"priced", "scraped"}, (panel, answers[panel])
+    assert {r["metric"]["currency"] for r in answers["Cost in range"] if r["metric"]["run"] == "priced"} == {"EUR"}
     # the dashboards' $run variable (label_values of zeroth_step) lists the run
     runs = prometheus.api("label/run/values", **{"match[]": promql.series("step")})
     assert "scraped" in runs, runs

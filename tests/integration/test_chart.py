@@ -170,6 +170,7 @@ def test_names_yaml_would_read_as_booleans_stay_strings(cluster: Cluster):
         meta = d["metadata"]
         assert all(isinstance(v, str) for v in meta.get("labels", {}).values()), (d["kind"], meta)
         assert isinstance(meta.get("namespace", ""), str), (d["kind"], meta)
+        assert all(isinstance(s.get("namespace", ""), str) for s in d.get("subjects", [])), d
     assert {d["metadata"]["namespace"] for d in docs if d["kind"] == "Role"} == {"yes", "no"}
 
 

@@ -82,9 +82,16 @@ def test_a_local_run_on_the_cpu_exports_zero_gpu_seconds(tmp_path):
     assert _records(tmp_path)[-1]["gpu_seconds"] == 0.0
 
 
+POD = {"ZEROTH_RUN": "r", "ZEROTH_NAMESPACE": "ns", "KUBERNETES_SERVICE_HOST": "10.0.0.1"}
+
+
 def test_on_a_cluster_rank_0_leaves_gpu_seconds_and_cost_to_the_operator(tmp_path):
-    """Two exporters of one run would double a dashboard's `sum by (namespace, run)`."""
-    reporter = Reporter(tmp_path, "r", "ns", _run().spec, None, status=Status(), gpus=4, started=0.0, clock=Clock(100.0))
+    """Two exporters of one run would double a dashboard's `sum by (namespace, run)`: in a run's pod
+    no GPUs are counted, even where the status cannot be written (no StatusWriter, as off a cluster)."""
+    assert local_gpus(4, 4, 8, environ=POD) is None
+    assert local_gpus(4, 4, 8, environ={**POD, "ZEROTH_RUN": ""}) == 4  # not a run's pod: a local run
+    gpus = local_gpus(4, 0, 8, environ=POD)
+    reporter = Reporter(tmp_path, "r", "ns", _run().spec, None, status=Status(), gpus=gpus, started=0.0, clock=Clock(100.0))
     reporter.step(_record(1), [_sample()])
     assert _exported(reporter) == (None, None)
     assert not [f for f in reporter.metrics.registry.collect() if f.name in ("zeroth_gpu_seconds", "zeroth_cost")]
@@ -101,7 +108,9 @@ def test_a_resumed_run_goes_on_from_the_gpu_seconds_its_records_counted(tmp_path
     first.step(_record(2), [_sample()])  # 300; then the run stopped
     clock.now = 5000.0  # a later process: its own start, the first run's total before it
     again = Reporter(tmp_path, "r", "ns", spec, None, gpus=2, started=4990.0, clock=clock)
-    assert _exported(again) == (pytest.approx(320.0), pytest.approx(320.0 / 3600 * 3.6))
+    # the counter is this process's own, from 0: were it 320, below what the first process's last
+    # scrape may have read, Prometheus would take it for a reset and count the 320 again
+    assert _exported(again) == (pytest.approx(20.0), pytest.approx(20.0 / 3600 * 3.6))
     clock.now = 5040.0
     again.step(_record(2), [_sample()])
     assert [r["gpu_seconds"] for r in _records(tmp_path)] == [pytest.approx(v) for v in (200.0, 300.0, 400.0)]
@@ -118,7 +127,7 @@ def test_a_resumed_run_goes_on_from_the_gpu_seconds_its_records_counted(tmp_path
     (1, 2, 0, 0),  # asked for GPUs on a machine with none: the ranks train on the CPU, the actors never start
 ])
 def test_the_gpus_a_local_run_holds(trainer, rollout, visible, held):
-    assert local_gpus(trainer, rollout, visible) == held
+    assert local_gpus(trainer, rollout, visible, environ={}) == held
 
 
 def _write(run_dir, *records, tail: str = "") -> None:
