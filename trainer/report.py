@@ -206,6 +206,8 @@ class Reporter:
         k = str(record["eval_k"])
         for kind, key, samples in (("greedy", "eval_greedy", "1"), ("pass", "eval_pass@k", k), ("maj", "eval_maj@k", k)):
             self._m("eval_accuracy", kind=kind, k=samples).set(record[key])
+        if self.gpu_time is not None:
+            record.update(self.gpu_time.totals())  # the final evaluation's GPU time too, after the last step's
         self._write(record)
         self._say(f"eval step {record['step']}", record, "eval_greedy", "eval_pass@k", "eval_maj@k")
         self._progress(accuracy=record["eval_greedy"])  # status shows held-out accuracy, not the training samples'

@@ -125,8 +125,9 @@ def run(manifest: Path | None, resume: Path | None, runs_root: Path, metrics_por
 
 
 def gpu_time(run_: api.ReasoningRun, run_dir: Path) -> str | None:
-    """The run's GPU time and cost in one line, as the last step's record in metrics.jsonl counts
-    them (trainer rank 0 writes them into each step's record); None before there is one."""
+    """The run's GPU time and cost in one line, as the last record in metrics.jsonl that has them
+    counts them (trainer rank 0 writes them into each step's and evaluation's record); None before
+    there is one."""
     path = run_dir / "metrics.jsonl"
     for line in reversed(path.read_text().splitlines() if path.exists() else []):
         try:

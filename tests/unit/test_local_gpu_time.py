@@ -74,6 +74,17 @@ def test_a_local_run_exports_the_gpu_seconds_its_gpus_held_and_their_cost(tmp_pa
     assert _exported(reporter) == (pytest.approx(3600.0), pytest.approx(2.5))
 
 
+def test_the_final_evaluation_after_the_last_step_is_counted_in_the_records(tmp_path):
+    clock = Clock(100.0)
+    reporter = Reporter(tmp_path, "r", "ns", _run(price=3.6).spec, None, gpus=2, started=0.0, clock=clock)
+    reporter.step(_record(4), [_sample()])  # the last step: 200 GPU-seconds
+    clock.now = 400.0  # the final evaluation took 300 s more
+    reporter.evaluation({"step": 4, "eval_greedy": 0.5, "eval_pass@k": 0.75, "eval_maj@k": 0.5, "eval_k": 4})
+    assert _records(tmp_path)[-1]["gpu_seconds"] == pytest.approx(800.0)
+    assert _records(tmp_path)[-1]["cost"] == pytest.approx(0.8)
+    assert local.gpu_time(_run(price=3.6), tmp_path) == "GPU time 0.22 GPU-hours, cost 0.80 EUR"
+
+
 def test_a_local_run_on_the_cpu_exports_zero_gpu_seconds(tmp_path):
     clock = Clock(50.0)
     reporter = Reporter(tmp_path, "r", "ns", _run(currency="USD").spec, None, gpus=0, started=0.0, clock=clock)
@@ -134,7 +145,7 @@ def _write(run_dir, *records, tail: str = "") -> None:
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
 
 
-def test_zeroth_run_prints_the_totals_of_the_last_step_record(tmp_path):
+def test_zeroth_run_prints_the_totals_of_the_last_record_that_counts_them(tmp_path):
     run = _run(price=2.5)
     assert local.gpu_time(run, tmp_path) is None  # no metrics.jsonl yet: nothing to say
     _write(tmp_path, {"step": 0, "eval_greedy": 0.5})
