@@ -12,6 +12,7 @@ and the rendezvous ports.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -21,11 +22,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests import speed
 from tests.conftest import ROOT, Cluster, hack_module
 from tests.e2e.conftest import manifest, until
-from zeroth import api
+from zeroth import api, promql
+from zeroth.operator import builders
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster,
               pytest.mark.skipif(os.geteuid() != 0, reason="the real node and make image need root")]
@@ -199,23 +202,40 @@ while time.monotonic() < deadline and not all(opened.values()):
 print(json.dumps(opened))
 """
 
+# Reads each URL, again and again for 20 s until it answers; prints {url: body, or null}.
+FETCH = """
+import json, sys, time, urllib.request
+bodies = {}
+for url in sys.argv[1:]:
+    deadline, bodies[url] = time.monotonic() + 20, None
+    while bodies[url] is None and time.monotonic() < deadline:
+        try:
+            bodies[url] = urllib.request.urlopen(url, timeout=5).read().decode()
+        except OSError:
+            time.sleep(1)
+print(json.dumps(bodies))
+"""
 
-def probe_pod(name: str, labels: dict[str, str], targets: list[str]) -> dict:
-    """A pod on the real node that tries a TCP connection to each `host:port` and prints which opened."""
+
+def probe_pod(name: str, labels: dict[str, str], targets: list[str], script: str = PROBE) -> dict:
+    """A pod on the real node that runs `script` (PROBE: tries a TCP connection to each `host:port`
+    and prints which opened) on `targets`."""
     restricted = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
                   "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels}, "spec": {
         "restartPolicy": "Never", "nodeSelector": NODE_SELECTOR, "tolerations": TOLERATIONS,
         "automountServiceAccountToken": False,
         "containers": [{"name": "probe", "image": api.DEFAULT_IMAGE, "imagePullPolicy": "IfNotPresent",
-                        "command": ["python", "-c", PROBE, *targets], "securityContext": restricted,
+                        "command": ["python", "-c", script, *targets], "securityContext": restricted,
                         "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}}}]}}
 
 
-def probe(c: Cluster, probes: dict[str, tuple[str, dict[str, str]]], targets: list[str]) -> dict[str, dict[str, bool]]:
-    """Runs the probe pods {pod name: (namespace, labels)} together; {pod name: {target: opened}}."""
+def probe(c: Cluster, probes: dict[str, tuple[str, dict[str, str]]], targets: list[str],
+          script: str = PROBE) -> dict[str, dict]:
+    """Runs the probe pods {pod name: (namespace, labels)} together; {pod name: what `script`
+    printed}, for PROBE {target: opened}."""
     for name, (ns, labels) in probes.items():
-        c.apply(probe_pod(name, labels, targets), "-n", ns)
+        c.apply(probe_pod(name, labels, targets, script), "-n", ns)
 
     def done():
         return all(c.get("pod", name, "-n", ns)["status"].get("phase") in ("Succeeded", "Failed")
@@ -289,6 +309,49 @@ def test_countdown_in_containers_killed_and_suspended(crd, operator_ns, namespac
                                               if not p["metadata"].get("deletionTimestamp")] == ["Running"] * 2, 600, explain)
     seen = len(metric_steps(run_dir))
     until("a step after the restart", lambda: len(metric_steps(run_dir)) > seen, 900, explain)
+
+    # each rollout pod serves its own worker's /metrics on the port its PodMonitor scrapes, read from
+    # a pod on the node (the host has no route into the node's pod network): the tokens it
+    # generated, the weights it holds, its verifier's counters
+    readers = itertools.count()
+
+    def worker_metrics() -> dict[str, dict] | None:
+        """Each Running rollout pod's /metrics samples, by pod; None until all 3 answer."""
+        urls = {p["metadata"]["name"]: f"http://{p['status']['podIP']}:{builders.METRICS_PORT}/metrics"
+                for p in pods(c, ns, rollouts)
+                if not p["metadata"].get("deletionTimestamp") and p["status"].get("phase") == "Running"}
+        if len(urls) != 3:
+            return None
+        (bodies,) = probe(c, {f"metrics-reader-{next(readers)}": (ns, {"app": "probe"})}, list(urls.values()),
+                          FETCH).values()
+        if any(bodies[url] is None for url in urls.values()):
+            return None
+        return {pod: {(s.name, tuple(sorted(s.labels.items()))): s.value
+                      for f in text_string_to_metric_families(bodies[url]) for s in f.samples}
+                for pod, url in urls.items()}
+
+    tokens, version = promql.series("worker_generated_tokens"), promql.series("worker_weights_version")
+    errors = (promql.series("verifier_errors"), (("namespace", ns), ("run", name), ("verifier", "countdown")))
+
+    def synced() -> dict[str, float] | None:
+        """Tokens generated by worker, once every rollout pod's worker holds weights version 1 or later."""
+        found = worker_metrics()
+        if found is None:
+            return None
+        generated = {}
+        for pod, samples in found.items():
+            workers = {dict(labels)["worker"] for series, labels in samples if series == tokens}
+            assert len(workers) == 1, (pod, sorted(samples))  # one worker, its counter there from 0
+            (worker,) = workers
+            labels = (("namespace", ns), ("run", name), ("worker", worker))
+            assert errors in samples, (pod, sorted(samples))
+            if samples.get((version, labels), 0) < 1:
+                return None  # a worker the new gang started has not had its first weights yet
+            generated[worker] = samples[(tokens, labels)]
+        return generated
+
+    generated = until("3 rollout pods' workers serving /metrics, with weights", synced, 300, explain)
+    assert len(generated) == 3 and sum(generated.values()) > 0, generated
 
     # the NetworkPolicy: Ray's GCS and the rendezvous take the run's own pods only (the policy admits
     # by the run's label); the metrics port takes anyone, which shows the others are reachable at all
