@@ -261,10 +261,14 @@ def _metrics_port_range(run: api.ReasoningRun) -> dict[str, Any]:
     return {"protocol": "TCP", "port": METRICS_PORT, **({"endPort": last} if last > METRICS_PORT else {})}
 
 
-def pod_monitor(run: api.ReasoningRun, uid: str) -> dict[str, Any]:
+def pod_monitor(run: api.ReasoningRun, uid: str, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
     """Only for clusters that serve the Prometheus operator's CRD (the handler checks). Scrapes the
-    trainer ranks' and each rollout actor's /metrics (a pod without a port of that name is skipped)."""
-    return _object("monitoring.coreos.com/v1", "PodMonitor", _metadata(run, uid, run.metadata.name), spec={
+    trainer ranks' and each rollout actor's /metrics (a pod without a port of that name is skipped).
+    `extra_labels` (the chart's `metrics.podMonitor.labels`) let the cluster's Prometheus select it;
+    they never replace the run's own labels, by which the operator finds its children."""
+    own = labels(run.metadata.name)
+    extra = {k: v for k, v in (extra_labels or {}).items() if k not in own}
+    return _object("monitoring.coreos.com/v1", "PodMonitor", _metadata(run, uid, run.metadata.name, extra), spec={
         "selector": {"matchLabels": {LABEL_RUN: run.metadata.name}},
         "podMetricsEndpoints": [{"port": port_name, "path": "/metrics"} for port_name, _ in worker_metrics_ports(run)],
     })
@@ -684,7 +688,8 @@ def rollout_pods(run: api.ReasoningRun, uid: str) -> list[dict[str, Any]]:
     return [rollout_pod(run, uid, i) for i in range(run.spec.rollout.replicas)]
 
 
-def support_objects(run: api.ReasoningRun, uid: str, *, token: str, pod_monitor: bool) -> list[dict[str, Any]]:
+def support_objects(run: api.ReasoningRun, uid: str, *, token: str, pod_monitor: bool,
+                    pod_monitor_labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Everything but the pods, in an order that lets each pod start once created: its config,
     token, identity and Services first. These stay while the run is suspended."""
     objects = [
@@ -693,7 +698,7 @@ def support_objects(run: api.ReasoningRun, uid: str, *, token: str, pod_monitor:
         network_policy(run, uid),
     ]
     if pod_monitor:
-        objects.append(_pod_monitor(run, uid))
+        objects.append(_pod_monitor(run, uid, pod_monitor_labels))
     return objects
 
 

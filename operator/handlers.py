@@ -76,19 +76,30 @@ _publish_lock = threading.Lock()
 _clients: dict[str, Any] = {}
 
 
-def gpu_node_selector(value: str | None) -> dict[str, str]:
-    """The default GPU node selector from its environment variable (JSON; the chart's
-    `gpuNodeSelector`): unset or empty means the API's default; `{}` means none."""
-    if not value:
-        return dict(api.DEFAULT_GPU_NODE_SELECTOR)
+def _labels_from_env(var: str, chart_key: str, value: str) -> dict[str, str]:
+    """A JSON object of label names to string values from an environment variable the chart sets."""
     try:
         parsed = json.loads(value)
     except ValueError:
         parsed = None
     if not isinstance(parsed, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()):
-        raise SystemExit(f"{api.GPU_NODE_SELECTOR_VAR} must be a JSON object of label names to string values "
-                         f"(the chart's gpuNodeSelector), not {value!r}")
+        raise SystemExit(f"{var} must be a JSON object of label names to string values "
+                         f"(the chart's {chart_key}), not {value!r}")
     return parsed
+
+
+def gpu_node_selector(value: str | None) -> dict[str, str]:
+    """The default GPU node selector from its environment variable (JSON; the chart's
+    `gpuNodeSelector`): unset or empty means the API's default; `{}` means none."""
+    if not value:
+        return dict(api.DEFAULT_GPU_NODE_SELECTOR)
+    return _labels_from_env(api.GPU_NODE_SELECTOR_VAR, "gpuNodeSelector", value)
+
+
+def pod_monitor_labels(value: str | None) -> dict[str, str]:
+    """The extra labels of each run's PodMonitor from their environment variable (JSON; the chart's
+    `metrics.podMonitor.labels`, the label the cluster's Prometheus selects PodMonitors by)."""
+    return _labels_from_env(api.POD_MONITOR_LABELS_VAR, "metrics.podMonitor.labels", value) if value else {}
 
 
 def watch_namespaces(value: str | None) -> tuple[str, ...]:
@@ -106,6 +117,7 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 # read when kopf imports this module: a bad value stops the operator before it touches any run
 _settings: dict[str, Any] = {"gpu_node_selector": gpu_node_selector(os.environ.get(api.GPU_NODE_SELECTOR_VAR)),
+                             "pod_monitor_labels": pod_monitor_labels(os.environ.get(api.POD_MONITOR_LABELS_VAR)),
                              "watch_namespaces": watch_namespaces(os.environ.get(api.WATCH_NAMESPACES_VAR))}
 
 # The pods the operator watches, as a label selector the API server applies (kopf passes it as the
@@ -485,7 +497,8 @@ def _ensure_children(run: api.ReasoningRun, uid: str) -> list[str]:
     run of the same name), for the run to wait on. The Secret's name carries the uid instead: the
     operator may not read Secrets."""
     earlier = []
-    for obj in builders.support_objects(run, uid, token=secrets.token_hex(32), pod_monitor=_has_pod_monitor()):
+    for obj in builders.support_objects(run, uid, token=secrets.token_hex(32), pod_monitor=_has_pod_monitor(),
+                                       pod_monitor_labels=_settings["pod_monitor_labels"]):
         if obj["kind"] == "ConfigMap":  # written by _frozen
             continue
         if _create(obj) or obj["kind"] == "Secret":

@@ -344,6 +344,9 @@ class Resources(Spec):
 # GPU_NODE_SELECTOR_VAR (the chart's `gpuNodeSelector`); a run's `gpuNodeSelector` overrides both.
 DEFAULT_GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_NODE_SELECTOR_VAR = "ZEROTH_GPU_NODE_SELECTOR"
+# Extra labels on each run's PodMonitor, JSON (the chart's `metrics.podMonitor.labels`): the label a
+# Prometheus selects PodMonitors by, e.g. kube-prometheus-stack's `release: <its release>`.
+POD_MONITOR_LABELS_VAR = "ZEROTH_POD_MONITOR_LABELS"
 # The namespaces a namespace-scoped operator serves, comma-separated (the chart's `watchNamespaces`,
 # which also passes them to kopf as --namespace); unset or empty: every namespace.
 WATCH_NAMESPACES_VAR = "ZEROTH_WATCH_NAMESPACES"

@@ -118,6 +118,12 @@ def test_pod_monitor_only_where_the_api_is_served(cluster: Cluster):
     assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s",
                                                         "honorLabels": True}]
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    # the operator puts the same labels on each run's PodMonitor, or the cluster's Prometheus skips the runs
+    (c,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert json.loads(env["ZEROTH_POD_MONITOR_LABELS"]) == {"release": "prometheus"}
+    (c,) = one(render(cluster, *served), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "ZEROTH_POD_MONITOR_LABELS" not in {e["name"] for e in c["env"]}
     assert not [d for d in render(cluster, *served, "--set", "metrics.podMonitor.enabled=false") if d["kind"] == "PodMonitor"]
 
 

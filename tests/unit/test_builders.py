@@ -143,6 +143,23 @@ def test_pod_monitor_shape(case):
     ports = {p["name"]: p["containerPort"] for pod in _pods(run) for c in pod["spec"]["containers"]
              for p in c.get("ports", []) if p["name"].startswith("metrics")}
     assert {e["port"] for e in endpoints} == set(ports)
+
+
+def test_a_runs_pod_monitor_carries_the_labels_the_clusters_prometheus_selects_by():
+    from zeroth.operator import handlers
+
+    run = CASES["countdown-tiny"]
+    chart = handlers.pod_monitor_labels('{"release": "kube-prometheus-stack", "zeroth.dev/run": "other"}')
+    objects = builders.support_objects(run, UID, token=TOKEN, pod_monitor=True, pod_monitor_labels=chart)
+    (monitor,) = [o for o in objects if o["kind"] == "PodMonitor"]
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # the run's own labels stay: the operator finds its children by them
+    assert monitor["metadata"]["labels"]["zeroth.dev/run"] == run.metadata.name
+    (plain,) = [o for o in _children(run) if o["kind"] == "PodMonitor"]
+    assert "release" not in plain["metadata"]["labels"]
+    assert handlers.pod_monitor_labels(None) == handlers.pod_monitor_labels("") == {}
+    with pytest.raises(SystemExit, match="ZEROTH_POD_MONITOR_LABELS must be a JSON object.*metrics.podMonitor.labels"):
+        handlers.pod_monitor_labels('["release"]')
     # a rollout pod: one port per rollout actor (engine), the range its actors are told to bind in
     rollout = run.spec.rollout
     engines = rollout.gpus_per_replica // rollout.tensor_parallel_size if rollout.gpus_per_replica else 1
