@@ -399,7 +399,13 @@ def gpu_time(previous: dict[str, Any] | None, pods: list[dict[str, Any]], now: d
         gpus, start = _gpus(pod), (pod.get("status") or {}).get("startTime")
         if gpus and start:
             key = pod["metadata"].get("uid") or pod["metadata"]["name"]
-            seconds = gpus * max(0.0, ((_finished(pod) or grain) - _time(start)).total_seconds())
+            end = _finished(pod)
+            if end is None and (pod.get("status") or {}).get("phase") in TERMINAL:
+                # ended with no container's end time (the kubelet refused it at admission, say): it
+                # holds nothing now, so its count stops where it was
+                current[key] = before.get(key, 0.0)
+                continue
+            seconds = gpus * max(0.0, ((end or grain) - _time(start)).total_seconds())
             current[key] = max(round(seconds, 3), before.get(key, 0.0))  # a count never goes back
     closed = float(previous.get("closed") or 0.0) + sum(v for k, v in before.items() if k not in current)
     total = closed + sum(current.values())

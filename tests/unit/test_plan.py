@@ -618,6 +618,24 @@ def test_gpu_time_counts_each_pods_gpus_from_its_start_to_its_end_and_keeps_what
     assert later["pods"] == {"uid-a": 320.0} and later["closed"] == 60.0 and later["gpuSeconds"] == 380.0
 
 
+def test_a_pod_that_ended_with_no_container_end_time_adds_no_more_gpu_time():
+    """A pod the kubelet refused at admission (UnexpectedAdmissionError, OutOf nvidia.com/gpu) is
+    Failed with a startTime and no container statuses; a failed run keeps such a pod for its logs and
+    is still reconciled, so counting it to `now` would grow the run's cost without end."""
+    cost = api.CostSpec(price_per_gpu_hour=3.6, currency="EUR")
+    refused = _gpu_pod("r", 2, NOW - timedelta(seconds=300))
+    refused["status"]["phase"] = "Failed"
+    first = planning.gpu_time(None, [refused], NOW, cost)
+    assert first["gpuSeconds"] == 0.0
+    assert planning.gpu_time(first, [refused], NOW + timedelta(hours=5), cost)["gpuSeconds"] == 0.0
+    # one that ran, was counted, then ended so: its count stops where it was
+    running = _gpu_pod("s", 1, NOW - timedelta(seconds=120))
+    counted = planning.gpu_time(None, [running], NOW, cost)
+    assert counted["gpuSeconds"] == 120.0
+    running["status"]["phase"] = "Failed"
+    assert planning.gpu_time(counted, [running], NOW + timedelta(hours=5), cost)["gpuSeconds"] == 120.0
+
+
 def test_the_plan_writes_gpu_time_of_its_own_pods_only():
     mine = _gpu_pod(f"{RUN}-trainer-0", 1, NOW - timedelta(seconds=120))
     theirs = _gpu_pod("other", 8, NOW - timedelta(seconds=120), owner="someone-else")
