@@ -106,6 +106,10 @@ class Reporter:
             self.port = metrics.serve(self.metrics.registry, str(metrics_port), metrics_addr)
             (run_dir / "metrics_port").write_text(str(self.port))
         self.metrics["max_steps"].labels(**self.labels).set(spec.algorithm.max_steps)
+        # from the start, not from the first step: a trainer stuck before it (loading, the first weight
+        # sync, a rendezvous after a restart) stays at step 0 or its checkpoint's, which the
+        # no-progress alert sees; an absent series would keep it quiet
+        self._m("step").set(0)
         for counter in ("checkpoints", "exported_samples", "rollout_workers_joined", "rollout_workers_lost",
                         "rollout_requests_resubmitted", "generated_tokens", "trained_tokens", "weight_sync_bytes"):
             self._m(counter)  # counted from 0 at the start: rate() and increase() see the first rise
@@ -195,8 +199,10 @@ class Reporter:
         self._m("checkpoint_step").set(step)
         if written:
             self._m("checkpoints").inc()
-        elif self._tb is None:
-            self._purge_step = step + 1  # resumed from it: TensorBoard forgets what came after
+        else:
+            self._m("step").set(step)  # resumed from it: the last step done
+            if self._tb is None:
+                self._purge_step = step + 1  # TensorBoard forgets what came after
         if self._tb is not None:
             self._tb.flush()
         self._say(f"checkpoint step {step}", {})

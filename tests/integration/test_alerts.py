@@ -160,6 +160,9 @@ CASES = [
     Case("ZerothRunNoProgress", "a step a minute", {"zeroth_step": "0+1x50", "zeroth_max_steps": "100x50"}, 40),
     Case("ZerothRunNoProgress", "finished: at max_steps", {"zeroth_step": "0+1x10 10x40", "zeroth_max_steps": "10x50"}, 30),
     Case("ZerothRunNoProgress", "younger than the window, no step yet", {"zeroth_step": "0x10", "zeroth_max_steps": "100x10"}, 10),
+    # the trainer exports step 0 from its start: one stuck before its first step (loading, the first sync)
+    Case("ZerothRunNoProgress", "stuck before its first step for 30 minutes", {"zeroth_step": "0x30", "zeroth_max_steps": "100x30"},
+         30, FIRES),
     # defaults: mean reward over 30m below 0.5 of its best over 360m, a best above 0.1 (for 5m)
     Case("ZerothRewardCollapse", "mean reward 0.8, then 0.2 from minute 200",
          {REWARD["count"]: "0+10x300", REWARD["sum"]: "0+8x200 1600+2x100"}, 260, FIRES),

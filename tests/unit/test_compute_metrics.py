@@ -126,6 +126,21 @@ def test_no_mfu_on_a_cpu(tmp_path):
     assert not (tmp_path / TARGETS_FILE).exists()  # no /metrics served, nothing to scrape
 
 
+def test_the_step_is_exported_before_the_first_step_and_on_resume_is_the_checkpoints(tmp_path):
+    """ZerothRunNoProgress watches zeroth_step: a trainer stuck before its first step must have it."""
+    spec = validation.validate(minimal_manifest()).spec
+    step = {"run": "r", "namespace": "ns"}
+    (tmp_path / "fresh").mkdir(), (tmp_path / "resumed").mkdir()
+    fresh = Reporter(tmp_path / "fresh", "r", "ns", spec, None)
+    assert fresh.metrics.registry.get_sample_value("zeroth_step", step) == 0
+    resumed = Reporter(tmp_path / "resumed", "r", "ns", spec, None)
+    resumed.checkpoint(7, written=False)
+    assert resumed.metrics.registry.get_sample_value("zeroth_step", step) == 7
+    resumed.checkpoint(8)  # written by this process after its step 8: the step is the step's own
+    resumed.step(_record(step=8), [_sample(3, 5)])
+    assert resumed.metrics.registry.get_sample_value("zeroth_step", step) == 8
+
+
 def _scalars(directory) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
