@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from zeroth import api, metrics
+from zeroth import api, gpus, metrics
 from zeroth.rollout import prompts as prompting
 from zeroth.rollout import verifiers
 from zeroth.rollout.generation import make_engine
@@ -80,6 +80,8 @@ class RolloutWorker:
             addr = os.environ.get(metrics.ADDR_VAR)
             port = metrics.serve(self.metrics.registry, os.environ.get(metrics.PORTS_VAR), addr)
             self.endpoint = f"{_address(addr)}:{port}"
+            # the GPUs Ray gave this actor (CUDA_VISIBLE_DEVICES), from NVML; none on a CPU
+            self.metrics.registry.register(gpus.GpuCollector({k: self.labels[k] for k in ("run", "namespace")}))
         self._m("worker_weights_version").set(0)
         self._m("worker_generated_tokens")
         for verifier in self.spec.verifiers:  # counted from 0, not absent until a first timeout or error

@@ -279,7 +279,7 @@ def _serve_gpu_metrics(name: str, namespace: str, port: int, addr: str) -> None:
     from prometheus_client import CollectorRegistry
 
     from zeroth import metrics
-    from zeroth.trainer.compute import GpuCollector
+    from zeroth.gpus import GpuCollector
 
     registry = CollectorRegistry()
     registry.register(GpuCollector({"run": name, "namespace": namespace}))

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from zeroth import api, metrics
+from zeroth.gpus import GpuCollector
 from zeroth.metrics import Metrics, exported_by
 from zeroth.rollout.worker import Sample
 from zeroth.trainer import compute
@@ -84,7 +85,7 @@ class Reporter:
         self.status = status
         self.labels = {"run": name, "namespace": namespace}
         self.metrics = Metrics(names=exported_by("trainer"))  # workers, NVML and the operator export the rest
-        self.metrics.registry.register(compute.GpuCollector(self.labels))
+        self.metrics.registry.register(GpuCollector(self.labels))
         self.parameters, self.devices, self.peak = 0, 1, None
         self._workers: set[str] = set()  # the rollout workers whose queue depth is exported
         self._tb = None  # TensorBoard's writer, made at the first record

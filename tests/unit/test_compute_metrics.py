@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import minimal_manifest
-from zeroth import validation
+from zeroth import gpus, validation
 from zeroth.rollout.worker import Sample
 from zeroth.trainer import compute
 from zeroth.trainer.report import TARGETS_FILE, Reporter
@@ -43,7 +43,7 @@ class FakeNvml:
     """What NVML would say of two GPUs (this machine has none)."""
 
     def sample(self):
-        return [compute.GpuSample(0, 0.5, 1 << 30), compute.GpuSample(1, 0.25, 2 << 30)]
+        return [gpus.GpuSample(0, 0.5, 1 << 30), gpus.GpuSample(1, 0.25, 2 << 30)]
 
 
 def _scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
@@ -55,10 +55,10 @@ def _scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple], float]:
 
 def test_gpu_metrics_are_absent_without_a_gpu_and_labelled_per_gpu_with_one():
     here = CollectorRegistry()
-    here.register(compute.GpuCollector({"run": "r", "namespace": "ns"}))  # the real NVML: this machine has no GPU
+    here.register(gpus.GpuCollector({"run": "r", "namespace": "ns"}))  # the real NVML: this machine has no GPU
     assert not [k for k in _scrape(here) if "gpu" in k[0]]
     rigged = CollectorRegistry()
-    collector = compute.GpuCollector({"run": "r", "namespace": "ns"}, nvml=FakeNvml())
+    collector = gpus.GpuCollector({"run": "r", "namespace": "ns"}, nvml=FakeNvml())
     rigged.register(collector)
     got = _scrape(rigged)
     pod = collector.labels["pod"]

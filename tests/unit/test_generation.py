@@ -203,3 +203,26 @@ def test_a_worker_serves_what_it_generated_and_how_its_verifiers_fared(ones_and_
     assert value("zeroth_verifier_errors_total", verifier) == 2  # the two samples of the task with no readable gold
     assert ("zeroth_verifier_timeouts_total", tuple(sorted(verifier.items()))) not in got or \
         value("zeroth_verifier_timeouts_total", verifier) == 0
+
+
+def test_a_worker_serves_its_gpus_from_nvml_and_nothing_where_there_is_none(ones_and_twos, monkeypatch):
+    """A rollout pod's GPUs are the workers' (vLLM's), not the trainer's: each worker exports them."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from zeroth import gpus
+
+    run = tiny_chat.spec_dict(ones_and_twos, verifiers=[{"name": "countdown"}])
+
+    def scrape(worker) -> dict:
+        text = urllib.request.urlopen(f"http://{worker.metrics_endpoint()}/metrics", timeout=10).read().decode()
+        return {(s.name, s.labels.get("gpu")): s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name.startswith("zeroth_gpu_")}
+
+    # this machine: no NVML or no GPU, so no series at all (absent, not zero)
+    bare = RolloutWorker(str(ones_and_twos), run, index=0, labels={"run": "r", "namespace": "ns"}, serve_metrics=True)
+    assert scrape(bare) == {}
+    monkeypatch.setattr(gpus.Nvml, "sample", lambda self: [gpus.GpuSample(2, 0.75, 3 << 30)])
+    held = RolloutWorker(str(ones_and_twos), run, index=1, labels={"run": "r", "namespace": "ns"}, serve_metrics=True)
+    assert scrape(held) == {("zeroth_gpu_utilization", "2"): 0.75, ("zeroth_gpu_memory_used_bytes", "2"): 3 << 30}
