@@ -317,7 +317,9 @@ def _record(state, samples: list[Sample], gathered: list[dict[str, float]], algo
     rewards = np.array([s.reward for s in samples])
     lengths = np.array([len(s.completion_ids) for s in samples])
     all_equal = grpo.all_equal_groups(torch.tensor(rewards), algo.group_size)
-    mean = {k: float(np.mean([g[k] for g in gathered])) for k in gathered[0]}
+    # the ranks' stats: means averaged; a largest (logprob_mismatch_max) is the largest of any rank's,
+    # which an average over 8 ranks would dilute 8 times
+    mean = {k: float((np.max if k.endswith("_max") else np.mean)([g[k] for g in gathered])) for k in gathered[0]}
     generated = int(lengths.sum())
     by_verifier: dict[str, float] = {}
     for name in samples[0].scores:

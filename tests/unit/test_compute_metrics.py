@@ -141,6 +141,16 @@ def test_the_step_is_exported_before_the_first_step_and_on_resume_is_the_checkpo
     assert resumed.metrics.registry.get_sample_value("zeroth_step", step) == 8
 
 
+def test_a_steps_record_averages_the_ranks_means_and_keeps_the_largest_of_their_maxima():
+    from zeroth.trainer import checkpoint, loop
+
+    spec = validation.validate(minimal_manifest()).spec
+    samples = [_sample(3, 5) for _ in range(spec.algorithm.group_size)]
+    ranks = [{"loss": 1.0, "logprob_mismatch_max": 0.1}, {"loss": 3.0, "logprob_mismatch_max": 0.9}]
+    record = loop._record(checkpoint.TrainerState(step=1, weights_version=1), samples, ranks, spec.algorithm, 1.0, 0.5, 0.0)
+    assert record["loss"] == 2.0 and record["logprob_mismatch_max"] == 0.9
+
+
 def _scalars(directory) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
