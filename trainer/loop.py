@@ -340,7 +340,9 @@ def _record(state, samples: list[Sample], gathered: list[dict[str, float]], algo
         "staleness_max": int(max(state.weights_version - 1 - s.version for s in samples)),
         "generated_tokens": generated,
         "trained_tokens": generated,
-        "tokens_per_second": generated / max(gen_seconds, 1e-9),
+        # over the step's wall time, not the wait for samples: with maxStaleness >= 1 the batch was
+        # generated during the previous step, the wait is near 0, and tokens/wait would read huge
+        "tokens_per_second": generated / max(step_seconds, 1e-9),
         "step_seconds": step_seconds,
         "generation_seconds": gen_seconds,
         "weight_sync_seconds": sync_seconds,

@@ -106,7 +106,7 @@ DEFINITIONS: tuple[Metric, ...] = (
     # held-out evaluation (kind greedy, pass or maj; k samples per prompt, 1 for greedy)
     Metric("eval_accuracy", "gauge", "Held-out accuracy: greedy, pass@k, maj@k", (*RUN_LABELS, "kind", "k")),
     # compute and cost
-    Metric("tokens_per_second", "gauge", "Generated tokens per second over the last step"),
+    Metric("tokens_per_second", "gauge", "Generated tokens per second of the last step's wall time (generation overlapped or not)"),
     Metric("gpu_utilization", "gauge", "GPU utilisation, 0..1 (NVML; absent where there is no GPU)", _GPU, source="gpu"),
     Metric("gpu_memory_used_bytes", "gauge", "GPU memory in use (NVML; absent where there is no GPU)", _GPU, source="gpu"),
     Metric("model_flops", "counter", "Model FLOPs of training (6 * params * tokens) and generation (2 * params * tokens)",

@@ -149,6 +149,8 @@ def test_a_steps_record_averages_the_ranks_means_and_keeps_the_largest_of_their_
     ranks = [{"loss": 1.0, "logprob_mismatch_max": 0.1}, {"loss": 3.0, "logprob_mismatch_max": 0.9}]
     record = loop._record(checkpoint.TrainerState(step=1, weights_version=1), samples, ranks, spec.algorithm, 1.0, 0.5, 0.0)
     assert record["loss"] == 2.0 and record["logprob_mismatch_max"] == 0.9
+    # 4 samples of 5 tokens over the step's 1 s, not over the 0.5 s waited for them (0 when prefetched)
+    assert record["tokens_per_second"] == spec.algorithm.group_size * 5 / 1.0
 
 
 def _scalars(directory) -> dict[str, list[tuple[int, float]]]:
