@@ -16,7 +16,7 @@ import yaml
 
 from tests.conftest import ROOT
 from tests.integration.test_chart import CHART, KUBE_VERSION
-from zeroth import alerts
+from zeroth import alerts, metrics, promql
 
 SERVED = ("--api-versions", "monitoring.coreos.com/v1/PrometheusRule")
 RUN = {"namespace": "ns", "run": "r"}
@@ -247,4 +247,22 @@ def test_values_reach_the_rules(helm: Path, promtool: Path, tmp_path: Path):
     assert promtool_test(promtool, rules_file(helm, tmp_path), [seven_minutes.test()]).returncode == 0
     seven_minutes.labels = FIRES
     proc = promtool_test(promtool, rules_file(helm, tmp_path, "--set", "alerts.noProgressMinutes=5"), [seven_minutes.test()])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("staleness", [0, 1, 2])
+def test_the_staleness_buckets_give_prometheus_quantiles_the_whole_staleness(helm: Path, promtool: Path,
+                                                                            tmp_path: Path, staleness: int):
+    """Staleness is a whole number: Prometheus' histogram_quantile interpolates within a bucket, so
+    with the metric's own buckets a run whose samples are all `staleness` versions old must read
+    that (within 0.01) as its median and p95, not a fraction below it."""
+    buckets = metrics.BY_NAME["rollout_staleness"].buckets
+    bucket = promql.series("rollout_staleness", "_bucket")
+    series = {f'{bucket}{{le="{le}"}}': ("0+10x20" if staleness <= le else "0x20") for le in buckets}
+    series[f'{bucket}{{le="+Inf"}}'] = "0+10x20"
+    expr = lambda q: f"abs(histogram_quantile({q}, sum by (le) (rate({bucket}[5m]))) - {staleness}) <= bool 0.01"  # noqa: E731
+    test = {"interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series.items()],
+            "promql_expr_test": [{"expr": expr(q), "eval_time": "10m", "exp_samples": [{"labels": "{}", "value": 1}]}
+                                 for q in (0.5, 0.95)]}
+    proc = promtool_test(promtool, rules_file(helm, tmp_path), [test])
     assert proc.returncode == 0, proc.stdout + proc.stderr
