@@ -409,7 +409,13 @@ def gpu_time(previous: dict[str, Any] | None, pods: list[dict[str, Any]], now: d
             current[key] = max(round(seconds, 3), before.get(key, 0.0))  # a count never goes back
     closed = float(previous.get("closed") or 0.0) + sum(v for k, v in before.items() if k not in current)
     total = closed + sum(current.values())
-    return {"gpuSeconds": round(total, 3), "cost": round(total / 3600 * cost.price_per_gpu_hour, 6),
+    priced = total / 3600 * cost.price_per_gpu_hour
+    if previous.get("currency") == cost.currency and "cost" in previous:
+        # the seconds since the last count at today's price: a price edited while suspended prices
+        # what follows, not what was already spent (and the cost counter never goes down)
+        added = max(total - float(previous.get("gpuSeconds") or 0.0), 0.0)
+        priced = float(previous["cost"]) + added / 3600 * cost.price_per_gpu_hour
+    return {"gpuSeconds": round(total, 3), "cost": round(priced, 6),
             "currency": cost.currency, "closed": round(closed, 3), "pods": current}
 
 

@@ -960,7 +960,8 @@ class Compute(Status):
     gpu_seconds: float = 0.0
     """GPU-seconds of every pod the run has had, gone ones included."""
     cost: float = 0.0
-    """gpuSeconds / 3600 times spec.cost.pricePerGpuHour."""
+    """The GPU-seconds / 3600 times spec.cost.pricePerGpuHour as they were counted: a price edited
+    while suspended prices the time that follows."""
     currency: str = "USD"
     """spec.cost.currency."""
     closed: float = 0.0

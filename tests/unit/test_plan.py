@@ -618,6 +618,19 @@ def test_gpu_time_counts_each_pods_gpus_from_its_start_to_its_end_and_keeps_what
     assert later["pods"] == {"uid-a": 320.0} and later["closed"] == 60.0 and later["gpuSeconds"] == 380.0
 
 
+def test_a_new_price_prices_the_gpu_time_that_follows_not_what_was_spent():
+    """spec.cost may be edited while suspended: the cost counter must not jump, nor fall (which
+    Prometheus would read as a reset and count the whole run again)."""
+    pods = [_gpu_pod("a", 1, NOW - timedelta(seconds=3600))]
+    first = planning.gpu_time(None, pods, NOW, api.CostSpec(price_per_gpu_hour=4.0, currency="EUR"))
+    assert first["cost"] == pytest.approx(4.0)
+    cheaper = planning.gpu_time(first, pods, NOW + timedelta(seconds=3600), api.CostSpec(price_per_gpu_hour=1.0, currency="EUR"))
+    assert cheaper["gpuSeconds"] == 7200.0 and cheaper["cost"] == pytest.approx(4.0 + 1.0)
+    # another currency starts another series: its whole at the new price
+    dollars = planning.gpu_time(cheaper, pods, NOW + timedelta(seconds=3600), api.CostSpec(price_per_gpu_hour=2.0, currency="USD"))
+    assert dollars["cost"] == pytest.approx(4.0)
+
+
 def test_a_pod_that_ended_with_no_container_end_time_adds_no_more_gpu_time():
     """A pod the kubelet refused at admission (UnexpectedAdmissionError, OutOf nvidia.com/gpu) is
     Failed with a startTime and no container statuses; a failed run keeps such a pod for its logs and
