@@ -33,7 +33,7 @@ from tests.integration.test_alerts import built, rules_file
 from tests.integration.test_operator import running
 from tests.speed import scaled
 from zeroth import alerts, dashboards, metrics, promql
-from zeroth.trainer.compute import Nvml
+from zeroth.gpus import Nvml
 from zeroth.trainer.report import TARGETS_FILE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
