@@ -102,7 +102,7 @@ DEFINITIONS: tuple[Metric, ...] = (
     Metric("worker_request_seconds", "histogram", "Wall time of one generation request on this worker, scoring included", _W,
            _SECONDS, source="worker"),
     Metric("worker_weights_version", "gauge", "Weights version this rollout worker holds", _W, source="worker"),
-    Metric("worker_queue_depth", "gauge", "Requests this rollout worker has taken and not finished", _W),
+    Metric("worker_queue_depth", "gauge", "Request parts the trainer submitted to this rollout worker and has not collected", _W),
     # verifiers (rollout workers, where samples are scored)
     Metric("verifier_seconds", "histogram", "Verifier wall time per sample", _V, _SECONDS, source="worker"),
     Metric("verifier_timeouts", "counter", "Samples a verifier gave up on at its time limit", _V, source="worker"),
