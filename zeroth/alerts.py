@@ -133,7 +133,7 @@ def _gang_restarts() -> Alert:
         "0m", "warning",  # each restart is an event: the window, not a hold, keeps it visible
         f"Run {RUN_NAME} restarted its gang",
         f"Run {RUN_NAME} restarted all its pods in the last {value('restartWindowMinutes')} minutes "
-        f"(a pod failed); each restart counts against its backoffLimit.")
+        f"(a pod failed, or a disruption took one); failures count against its backoffLimit, disruptions do not.")
 
 
 def _logprob_mismatch() -> Alert:

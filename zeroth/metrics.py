@@ -128,7 +128,7 @@ DEFINITIONS: tuple[Metric, ...] = (
     Metric("runs", "gauge", "ReasoningRuns by phase", ("namespace", "phase"), source="operator"),
     Metric("run_phase", "gauge", "1 for a run's current phase (status.phase), 0 for the others", (*RUN_LABELS, "phase"),
            source="operator"),
-    Metric("run_restarts", "gauge", "Gang restarts of a run that count against its backoffLimit (status.restarts)",
+    Metric("run_restarts", "gauge", "Gang restarts of a run, after failures and disruptions (status.restarts; only failures count against backoffLimit)",
            source="operator"),
 )
 
