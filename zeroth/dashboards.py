@@ -229,7 +229,8 @@ def operator() -> dict:
             graph("Runs by phase", COUNT, q(gauge("runs", phase, agg="sum"), phase)),
             big("Current phase", COUNT, q(f"{gauge('run_phase', RUN + phase)} == 1", RUN, "{{phase}}"),
                 span=8, text=BigValueTextMode.NAME).height(8),
-            graph("Gang restarts", COUNT, q(gauge("run_restarts")), description="status.restarts: after failures (against backoffLimit) and disruptions (not)."),
+            graph("Gang restarts", COUNT, q(gauge("run_restarts")),
+                  description="status.restarts: after failures (against backoffLimit) and disruptions (not)."),
         ]),
     ])
 

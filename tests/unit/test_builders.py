@@ -143,6 +143,17 @@ def test_pod_monitor_shape(case):
     ports = {p["name"]: p["containerPort"] for pod in _pods(run) for c in pod["spec"]["containers"]
              for p in c.get("ports", []) if p["name"].startswith("metrics")}
     assert {e["port"] for e in endpoints} == set(ports)
+    # a rollout pod: one port per rollout actor (engine), the range its actors are told to bind in
+    rollout = run.spec.rollout
+    engines = rollout.gpus_per_replica // rollout.tensor_parallel_size if rollout.gpus_per_replica else 1
+    for pod in _pods(run):
+        if pod["metadata"]["labels"]["zeroth.dev/role"] != "rollout":
+            continue
+        (c,) = pod["spec"]["containers"]
+        mine = sorted(p["containerPort"] for p in c["ports"] if p["name"].startswith("metrics"))
+        assert len(mine) == engines and mine == list(range(mine[0], mine[0] + engines))
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["ZEROTH_METRICS_PORTS"] == f"{mine[0]}-{mine[-1]}" and env["ZEROTH_METRICS_ADDR"] == "0.0.0.0"
 
 
 def test_a_runs_pod_monitor_carries_the_labels_the_clusters_prometheus_selects_by():
@@ -160,17 +171,6 @@ def test_a_runs_pod_monitor_carries_the_labels_the_clusters_prometheus_selects_b
     assert handlers.pod_monitor_labels(None) == handlers.pod_monitor_labels("") == {}
     with pytest.raises(SystemExit, match="ZEROTH_POD_MONITOR_LABELS must be a JSON object.*metrics.podMonitor.labels"):
         handlers.pod_monitor_labels('["release"]')
-    # a rollout pod: one port per rollout actor (engine), the range its actors are told to bind in
-    rollout = run.spec.rollout
-    engines = rollout.gpus_per_replica // rollout.tensor_parallel_size if rollout.gpus_per_replica else 1
-    for pod in _pods(run):
-        if pod["metadata"]["labels"]["zeroth.dev/role"] != "rollout":
-            continue
-        (c,) = pod["spec"]["containers"]
-        mine = sorted(p["containerPort"] for p in c["ports"] if p["name"].startswith("metrics"))
-        assert len(mine) == engines and mine == list(range(mine[0], mine[0] + engines))
-        env = {e["name"]: e.get("value") for e in c["env"]}
-        assert env["ZEROTH_METRICS_PORTS"] == f"{mine[0]}-{mine[-1]}" and env["ZEROTH_METRICS_ADDR"] == "0.0.0.0"
 
 
 @cases

@@ -130,7 +130,8 @@ def test_the_step_is_exported_before_the_first_step_and_on_resume_is_the_checkpo
     """ZerothRunNoProgress watches zeroth_step: a trainer stuck before its first step must have it."""
     spec = validation.validate(minimal_manifest()).spec
     step = {"run": "r", "namespace": "ns"}
-    (tmp_path / "fresh").mkdir(), (tmp_path / "resumed").mkdir()
+    for directory in ("fresh", "resumed"):
+        (tmp_path / directory).mkdir()
     fresh = Reporter(tmp_path / "fresh", "r", "ns", spec, None)
     assert fresh.metrics.registry.get_sample_value("zeroth_step", step) == 0
     resumed = Reporter(tmp_path / "resumed", "r", "ns", spec, None)
