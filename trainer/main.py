@@ -10,6 +10,7 @@ run directory always describes its run.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import sys
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics-addr", default="127.0.0.1", help="address /metrics listens on (pods: 0.0.0.0)")
     args = p.parse_args(argv)
 
+    # A rank that a C++ abort or a segfault kills (inside gloo, NCCL, a kernel) leaves its threads'
+    # Python stacks in the log, not just torchrun's "Signal 6".
+    faulthandler.enable()
     args.run_dir.mkdir(parents=True, exist_ok=True)
     try:
         return _train(args)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -30,20 +34,38 @@ def model_dir(tmp_path_factory):
 
 
 def run_stage(stage: int, model_dir, out) -> dict:
+    """Both ranks of one ZeRO stage under torchrun. A rank killed by a signal (once in CI, ZeRO 2's
+    rank 1 aborted with "terminate called without an active exception", 0 times in 45 tries here)
+    gets the stage run once more, with a warning carrying the first try's output and, from
+    faulthandler, every thread's Python stack at the abort; a rank failing any other way (an
+    exception, a wrong assertion) fails the test at once."""
     # no PYTHONPATH=ROOT: the repo's operator/ folder would shadow the standard library's operator
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.environ.get("ZEROTH_CACHE", os.path.expanduser("~/.cache/zeroth")), "torch_extensions"))
-    out.mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={zero_steps.WORLD}",
-         str(ROOT / "tests" / "e2e" / "zero_steps.py"), str(stage), str(model_dir), str(out)],
-        capture_output=True, text=True, env=env, timeout=scaled(600), cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    for attempt in (1, 2):
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={zero_steps.WORLD}",
+             str(ROOT / "tests" / "e2e" / "zero_steps.py"), str(stage), str(model_dir), str(out)],
+            capture_output=True, text=True, env=env, timeout=scaled(600), cwd=ROOT)
+        if proc.returncode == 0 or attempt == 2 or not killed_by_a_signal(proc.stderr):
+            break
+        warnings.warn(f"ZeRO {stage}: a rank was killed by a signal; running the stage again. Its output:\n"
+                      f"{proc.stdout[-2000:]}\n{proc.stderr[-6000:]}")
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-6000:]}"
     result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     grads = torch.load(out / "grads.pt")
     for loss_type in result:
         result[loss_type]["grads"] = grads[loss_type]
     return result
+
+
+def killed_by_a_signal(stderr: str) -> bool:
+    """torchrun's failure report names a rank that a signal other than its own SIGTERM killed (a
+    rank that raises exits 1, and torchrun then stops the others with SIGTERM)."""
+    codes = [int(code) for code in re.findall(r"exitcode\s*:\s*(-?\d+)", stderr)]
+    return any(code < 0 and code != -signal.SIGTERM for code in codes)
 
 
 def reference(model_dir, loss_type: str) -> tuple[float, dict[str, torch.Tensor]]:

@@ -10,10 +10,12 @@ DeepSpeed runs for real on a one-rank gloo group (tests/unit/conftest.py), on a 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -109,6 +111,35 @@ def test_a_checkpoint_killed_mid_write_is_ignored_the_previous_one_resumes_and_t
     state.step = 4
     loop._save(policy, state, None, directory, keep=2)
     assert sorted(p.name for p in directory.glob("step-*")) == [ckpt.tag(2), ckpt.tag(4)]
+
+
+def test_a_rank_killed_by_an_abort_leaves_its_python_stack_in_the_log(tmp_path, model_dir):
+    """gloo and NCCL end a process from C++ ("terminate called ...", SIGABRT), and torchrun's report
+    says only "Signal 6": the trainer turns faulthandler on, so the rank's log shows where it was.
+    Rank 0 of 2 waits in its rendezvous for a rank 1 that never comes; it is aborted there."""
+    manifest = {"apiVersion": "zeroth.dev/v1alpha1", "kind": "ReasoningRun", "metadata": {"name": "abort"},
+                "spec": {"model": {"name": str(model_dir), "dtype": "float32"},
+                         "dataset": {"source": "builtin:countdown"}, "verifiers": [{"name": "countdown"}],
+                         "trainer": {"replicas": 2, "gpusPerReplica": 0}, "rollout": {"engine": "hf", "gpusPerReplica": 0}}}
+    config, run_dir = tmp_path / "run.json", tmp_path / "run"
+    config.write_text(json.dumps(manifest))
+    env = procs.tag({**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
+                     "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    env.pop("PYTHONFAULTHANDLER", None)
+    rank = subprocess.Popen([sys.executable, "-m", "zeroth.trainer.main", "--run-dir", str(run_dir), "--config", str(config)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + scaled(120)
+        while not (run_dir / "pids" / "rank-0.pid").exists():  # written in `_train`, before the rendezvous
+            assert rank.poll() is None and time.monotonic() < deadline, "the rank ended or never started"
+            time.sleep(0.2)
+        rank.send_signal(signal.SIGABRT)
+        _, stderr = rank.communicate(timeout=scaled(60))
+    finally:
+        rank.kill()
+    assert rank.returncode == -signal.SIGABRT
+    assert "Fatal Python error: Aborted" in stderr, stderr[-2000:]
+    assert "in _train" in stderr and "in main" in stderr, stderr[-2000:]
 
 
 @pytest.fixture
