@@ -20,7 +20,8 @@ from grafana_foundation_sdk.builders import common, dashboard, prometheus, stat,
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.common import (BigValueGraphMode, BigValueTextMode, LegendDisplayMode, LegendPlacement,
                                                   SortOrder, TooltipDisplayMode)
-from grafana_foundation_sdk.models.dashboard import DashboardCursorSync, DataSourceRef, VariableRefresh, VariableSort
+from grafana_foundation_sdk.models.dashboard import (DashboardCursorSync, DataSourceRef, VariableOption, VariableRefresh,
+                                                     VariableSort)
 
 from zeroth import promql
 from zeroth.promql import RUN, gauge, increase, mean, quantile, rate
@@ -94,15 +95,28 @@ def variable(name: str, query: str) -> dashboard.QueryVariable:
             .multi(True).include_all(True).all_value(".*"))
 
 
+def step_window() -> dashboard.IntervalVariable:
+    """`$step_window`: how far back the panels of the trainer's per-step histograms look."""
+    options = [VariableOption(text=w, value=w, selected=w == promql.STEP_WINDOW_DEFAULT) for w in promql.STEP_WINDOWS]
+    return (dashboard.IntervalVariable(promql.STEP_WINDOW.removeprefix("$")).label("Per-step window")
+            .description("Window of the panels of per-step values (rewards, lengths, step times, staleness): "
+                         "longer than a training step, or those panels show gaps between steps.")
+            .values(",".join(promql.STEP_WINDOWS)).options(options)
+            .current(VariableOption(text=promql.STEP_WINDOW_DEFAULT, value=promql.STEP_WINDOW_DEFAULT, selected=True)))
+
+
 def build(uid: str, title: str, description: str, runs_from: str, rows: list[tuple[str, list[Panel]]]) -> dict:
     """A dashboard of `rows` (each filling whole lines of the grid), with `$namespace` and `$run`
-    taken from the labels of the gauge `runs_from`, as a JSON-ready dict."""
+    taken from the labels of the gauge `runs_from`, and `$step_window` where a panel uses it, as a
+    JSON-ready dict."""
     name = promql.series(runs_from)
     board = (dashboard.Dashboard(title).uid(uid).description(description).tags(["zeroth"])
              .time("now-6h", "now").refresh("30s").tooltip(DashboardCursorSync.CROSSHAIR)
              .with_variable(dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
              .with_variable(variable("namespace", f"label_values({name}, namespace)"))
              .with_variable(variable("run", f'label_values({name}{{namespace=~"$namespace"}}, run)')))
+    if any(promql.STEP_WINDOW in query.expr for _, panels in rows for p in panels for query in p.build().targets):
+        board.with_variable(step_window())
     ids = itertools.count(1)
     for row, panels in rows:
         widths = sum(p.build().grid_pos.w for p in panels)

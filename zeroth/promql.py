@@ -3,8 +3,8 @@ that exists, under the series name prometheus-client really exports.
 
 Dashboards get every series name through `series`: renaming or removing a metric, or asking a
 gauge for `_total`, fails when the queries are generated instead of leaving a panel that shows
-"No data". Grafana's variables (`$namespace`, `$run`, `$__rate_interval`, `$__range`) stay in the
-expressions; `substitute` fills them in, so the same expression can be sent to Prometheus itself.
+"No data". Grafana's variables (`$namespace`, `$run`, `$__rate_interval`, `$__range`, and the
+dashboards' own `$step_window`) stay in the expressions; `substitute` fills them in, so the same expression can be sent to Prometheus itself.
 """
 
 from __future__ import annotations
@@ -18,6 +18,13 @@ SUFFIXES = {"gauge": ("",), "counter": ("_total",), "histogram": ("_bucket", "_s
 # the labels every run's metrics carry, each filtered by the dashboard variable of the same name
 RUN = ("namespace", "run")
 RATE_WINDOW = "$__rate_interval"
+# The trainer observes its histograms once a step, and a step can outlast Grafana's rate interval
+# (a few scrape intervals): a rate over that window would be empty between steps and the panel would
+# show gaps. Their panels average over the dashboard variable `$step_window` instead, whose choices
+# and default are these.
+STEP_WINDOW = "$step_window"
+STEP_WINDOWS = ("1m", "5m", "15m", "1h", "6h")
+STEP_WINDOW_DEFAULT = "15m"
 RANGE = "$__range"
 
 
@@ -69,23 +76,32 @@ def increase(name: str, by: tuple[str, ...] = RUN, window: str = RANGE) -> str:
     return f"sum {_by(by)}(increase({selector(name)}[{window}]))"
 
 
+def histogram_window(name: str) -> str:
+    """The window a histogram's panels look back over: `$step_window` for the trainer's (observed
+    once a step), Grafana's rate interval for the others (observed all the time)."""
+    return STEP_WINDOW if definition(name).source == "trainer" else RATE_WINDOW
+
+
 def mean(name: str, by: tuple[str, ...] = RUN, matchers: tuple[str, ...] = ()) -> str:
-    """Mean of a histogram's observations in each rate window: rate of `_sum` over rate of `_count`."""
+    """Mean of a histogram's observations in each window (`histogram_window`): rate of `_sum` over
+    rate of `_count`."""
     def part(suffix: str) -> str:
-        return f"sum {_by(by)}(rate({selector(name, suffix, matchers)}[{RATE_WINDOW}]))"
+        return f"sum {_by(by)}(rate({selector(name, suffix, matchers)}[{histogram_window(name)}]))"
     return f"{part('_sum')} / {part('_count')}"
 
 
 def quantile(q: float, name: str, by: tuple[str, ...] = RUN, matchers: tuple[str, ...] = ()) -> str:
-    """The `q` quantile of a histogram's observations in each rate window, per `by`."""
-    buckets = f"rate({selector(name, '_bucket', matchers)}[{RATE_WINDOW}])"
+    """The `q` quantile of a histogram's observations in each window (`histogram_window`), per `by`."""
+    buckets = f"rate({selector(name, '_bucket', matchers)}[{histogram_window(name)}])"
     return f"histogram_quantile({q}, sum {_by(('le', *by))}({buckets}))"
 
 
-def substitute(expr: str, namespace: str = ".*", run: str = ".*", rate_interval: str = "1m", range_: str = "1h") -> str:
+def substitute(expr: str, namespace: str = ".*", run: str = ".*", rate_interval: str = "1m", range_: str = "1h",
+               step_window: str = STEP_WINDOW_DEFAULT) -> str:
     """`expr` with Grafana's variables replaced, ready for Prometheus's own query API; an unknown
     variable raises (it would reach Prometheus as a syntax error)."""
-    values = {"namespace": namespace, "run": run, "__rate_interval": rate_interval, "__range": range_}
+    values = {"namespace": namespace, "run": run, "__rate_interval": rate_interval, "__range": range_,
+              "step_window": step_window}
 
     def value(match: re.Match) -> str:
         if match.group(1) not in values:

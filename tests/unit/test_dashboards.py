@@ -101,6 +101,28 @@ def test_each_dashboard_picks_namespace_and_run(boards: dict[str, dict], file: s
     assert board["uid"] == f"zeroth-{file.removesuffix('.json')}"  # stable: links and bookmarks survive
 
 
+@pytest.mark.parametrize("file", FILES)
+def test_every_variable_a_query_uses_is_on_its_dashboard(boards: dict[str, dict], file: str):
+    """A variable missing from the dashboard reaches Prometheus as `$name`, a syntax error; the
+    trainer's per-step histograms look back over `$step_window` (Grafana's rate interval can be
+    shorter than a step), and nothing else does."""
+    board = boards[file]
+    defined = {v["name"]: v for v in board["templating"]["list"]}
+    used = {name for _, expr in expressions(board) for name in re.findall(r"\$\{?(\w+)", expr) if not name.startswith("__")}
+    assert used <= defined.keys(), (file, used - defined.keys())
+    for panel in (p for p in board["panels"] if p["type"] != "row"):
+        for target in panel["targets"]:
+            for name in re.findall(r"\b(zeroth_[a-z0-9_]+?)(?:_bucket|_sum|_count)\b", target["expr"]):
+                per_step = metrics.BY_NAME[name.removeprefix(metrics.PREFIX)].source == "trainer"
+                windows = set(re.findall(r"\[(\$\w+)\]", target["expr"]))
+                assert windows == ({"$step_window"} if per_step else {"$__rate_interval"}), (file, panel["title"], name)
+    if "step_window" in defined:
+        window = defined["step_window"]
+        assert window["type"] == "interval" and "step_window" in used
+        assert window["query"].split(",") == [o["value"] for o in window["options"]]
+        assert window["current"]["value"] in window["query"].split(",")
+
+
 def test_panels_have_titles_units_and_fit_a_config_map(boards: dict[str, dict]):
     for file, board in boards.items():
         panels = [p for p in board["panels"] if p["type"] != "row"]
