@@ -341,6 +341,7 @@ class Fleet:
         keep = [g for g in groups if informative([s.reward for s in g])]
         dropped = [g for g in groups if not informative([s.reward for s in g])]
         first_dropped, drawn = len(dropped), len(groups)
+        generated = list(samples)  # every sample made for this step, dropped groups' too
         for r in range(rounds):
             if len(keep) >= want:
                 break
@@ -349,12 +350,17 @@ class Fleet:
             self.cursor += len(tasks)
             drawn += len(tasks)
             more = self._collect(request)
+            generated += more
             for i in range(0, len(more), G):
                 g = more[i:i + G]
                 (keep if informative([s.reward for s in g]) else dropped).append(g)
         chosen = (keep + dropped)[:want]
         self.last_draw = {"prompts_drawn": drawn, "all_equal_groups_fraction_drawn": first_dropped / max(len(groups), 1),
-                          "informative_groups_drawn": len(keep)}
+                          "informative_groups_drawn": len(keep),
+                          # what the fleet generated, not just what the step keeps: the tokens counter
+                          # and the generation FLOPs count the dropped groups too
+                          "generated_tokens": sum(len(s.completion_ids) for s in generated),
+                          "generated_sequence_tokens": sum(len(s.prompt_ids) + len(s.completion_ids) for s in generated)}
         return [s for g in chosen for s in g]
 
     def resume_cursor(self) -> int:

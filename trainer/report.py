@@ -184,11 +184,13 @@ class Reporter:
                        tokensPerSecond=record["tokens_per_second"], weightsVersion=record["weights_version"])
 
     def _flops(self, record: dict[str, Any], samples: list[Sample]) -> None:
-        """The step's model FLOPs (`compute`: every prompt and completion token, trained and generated)
+        """The step's model FLOPs (`compute`: every prompt and completion token, trained and generated:
+        with dynamic sampling the fleet generated groups the step dropped, `generated_sequence_tokens`)
         and the trainer's MFU over its own part of the step (not generation, not the weight sync)."""
         tokens = sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
         record["model_flops_train"] = compute.model_flops(self.parameters, tokens, training=True)
-        record["model_flops_generation"] = compute.model_flops(self.parameters, tokens, training=False)
+        generated = record.get("generated_sequence_tokens", tokens)
+        record["model_flops_generation"] = compute.model_flops(self.parameters, generated, training=False)
         training = record["step_seconds"] - record["generation_seconds"] - record["weight_sync_seconds"]
         mfu = compute.mfu(record["model_flops_train"], training, self.devices, self.peak)
         if mfu is not None:

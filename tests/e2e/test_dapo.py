@@ -36,6 +36,13 @@ def test_dapo_options_train_and_dynamic_sampling_drops_signal_free_groups(tmp_pa
         # every group with signal that any draw found is trained on, up to the step's size: only
         # the places the refills could not fill take signal-free groups
         assert round(r["all_equal_groups_fraction"] * prompts) == max(0, prompts - r["informative_groups_drawn"]), r
+        # what the fleet generated counts the groups the step dropped: more than it trained on, and
+        # more generation FLOPs (2N a token) than a third of the training's (6N a token), exactly when
+        # refills drew more prompts than the step keeps
+        refilled = r["prompts_drawn"] > prompts
+        assert (r["generated_tokens"] > r["trained_tokens"]) == refilled, r
+        assert (3 * r["model_flops_generation"] > r["model_flops_train"]) == refilled, r
+        assert r["generated_tokens"] >= r["trained_tokens"], r
     # How much refills help depends on how often a new group has signal, which falls as the policy
     # sharpens: no fixed ratio, but over the run they must have replaced some
     drawn = sum(r["all_equal_groups_fraction_drawn"] for r in recs)
