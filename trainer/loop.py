@@ -338,7 +338,7 @@ def _record(state, samples: list[Sample], gathered: list[dict[str, float]], algo
         "response_length_mean": float(lengths.mean()),
         "truncated_fraction": float(np.mean([s.truncated for s in samples])),
         "staleness_max": int(max(state.weights_version - 1 - s.version for s in samples)),
-        "generated_tokens": generated,
+        "generated_tokens": generated,  # with dynamic sampling, `fleet.last_draw`'s count replaces it
         "trained_tokens": generated,
         # over the step's wall time, not the wait for samples: with maxStaleness >= 1 the batch was
         # generated during the previous step, the wait is near 0, and tokens/wait would read huge

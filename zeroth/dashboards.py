@@ -99,7 +99,8 @@ def step_window() -> dashboard.IntervalVariable:
     """`$step_window`: how far back the panels of the trainer's per-step histograms look."""
     options = [VariableOption(text=w, value=w, selected=w == promql.STEP_WINDOW_DEFAULT) for w in promql.STEP_WINDOWS]
     return (dashboard.IntervalVariable(promql.STEP_WINDOW.removeprefix("$")).label("Per-step window")
-            .description("Window of the panels of per-step values (rewards, lengths, step times, staleness): "
+            .description("Window of the panels of per-step values (rewards, lengths, step times, staleness, "
+                         "request and verifier latency): "
                          "longer than a training step, or those panels show gaps between steps.")
             .values(",".join(promql.STEP_WINDOWS)).options(options)
             .current(VariableOption(text=promql.STEP_WINDOW_DEFAULT, value=promql.STEP_WINDOW_DEFAULT, selected=True)))

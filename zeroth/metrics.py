@@ -40,6 +40,9 @@ class Metric:
     buckets: tuple[float, ...] | None = None
     source: Source = "trainer"
     locally: Source | None = None  # who exports it instead in a local run (`zeroth run`: no operator)
+    # a histogram observed in bursts, once a training step (the trainer's; each worker's requests and
+    # their scoring): its panels look back over `$step_window`, as a step can outlast a rate window
+    per_step: bool = False
 
     @property
     def full_name(self) -> str:
@@ -56,11 +59,11 @@ _GPU = (*RUN_LABELS, "pod", "gpu")
 
 DEFINITIONS: tuple[Metric, ...] = (
     # rewards and what the policy writes (trainer rank 0)
-    Metric("reward", "histogram", "Reward per sample, by verifier (verifier=\"all\": the weighted sum)", _V, _UNIT),
+    Metric("reward", "histogram", "Reward per sample, by verifier (verifier=\"all\": the weighted sum)", _V, _UNIT, per_step=True),
     Metric("accuracy", "gauge", "Fraction of the last step's samples every task verifier accepts"),
     Metric("all_equal_groups_fraction", "gauge", "Fraction of the last step's groups whose rewards are all equal (no signal)"),
     Metric("response_length_tokens", "histogram", "Completion length in tokens", RUN_LABELS,
-           (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)),
+           (4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384), per_step=True),
     Metric("truncated_fraction", "gauge", "Fraction of the last step's completions cut at the length limit"),
     Metric("generated_tokens", "counter", "Completion tokens the rollout fleet generated for training steps "
            "(groups dynamic sampling dropped included, evaluations not)"),
@@ -68,8 +71,8 @@ DEFINITIONS: tuple[Metric, ...] = (
     # the trainer's step
     Metric("step", "gauge", "Last completed training step"),
     Metric("max_steps", "gauge", "Training steps of the run"),
-    Metric("step_seconds", "histogram", "Wall time of one training step", RUN_LABELS, _SECONDS),
-    Metric("generation_seconds", "histogram", "Part of a step spent waiting for the rollout fleet's samples", RUN_LABELS, _SECONDS),
+    Metric("step_seconds", "histogram", "Wall time of one training step", RUN_LABELS, _SECONDS, per_step=True),
+    Metric("generation_seconds", "histogram", "Part of a step spent waiting for the rollout fleet's samples", RUN_LABELS, _SECONDS, per_step=True),
     Metric("loss", "gauge", "Policy loss of the last step"),
     Metric("kl", "gauge", "Mean per-token KL to the reference model"),
     Metric("entropy", "gauge", "Mean per-token entropy of the policy"),
@@ -82,14 +85,14 @@ DEFINITIONS: tuple[Metric, ...] = (
     Metric("grad_norm", "gauge", "Global gradient norm before clipping"),
     Metric("learning_rate", "gauge", "Current learning rate"),
     # weights and staleness
-    Metric("weight_sync_seconds", "histogram", "Time to publish new weights to the rollout fleet", RUN_LABELS, _SECONDS),
+    Metric("weight_sync_seconds", "histogram", "Time to publish new weights to the rollout fleet", RUN_LABELS, _SECONDS, per_step=True),
     Metric("weight_sync_bytes", "counter", "Bytes of weights published to the rollout fleet"),
     Metric("weights_version", "gauge", "Version of the trainer's weights"),
     # a whole number: histogram_quantile interpolates within a bucket, so with a bound at each
     # integer alone a run all at staleness 1 would read 0.5 as its median; a narrow bucket just
     # below each bound keeps any quantile within 0.01 of the truth
     Metric("rollout_staleness", "histogram", "Trainer version minus the version a sample was generated with", RUN_LABELS,
-           (0, *(b for n in (1, 2, 3, 4, 8, 16, 32, 64) for b in (n - 0.01, n)))),
+           (0, *(b for n in (1, 2, 3, 4, 8, 16, 32, 64) for b in (n - 0.01, n))), per_step=True),
     Metric("checkpoint_step", "gauge", "Step of the newest complete checkpoint"),
     Metric("checkpoints", "counter", "Complete checkpoints written"),
     Metric("exported_samples", "counter", "Samples written to the export directory"),
@@ -101,17 +104,17 @@ DEFINITIONS: tuple[Metric, ...] = (
     # each rollout worker, from its own /metrics (label worker: its index in the fleet)
     Metric("worker_generated_tokens", "counter", "Tokens this rollout worker generated", _W, source="worker"),
     Metric("worker_request_seconds", "histogram", "Wall time of one generation request on this worker, scoring included", _W,
-           _SECONDS, source="worker"),
+           _SECONDS, source="worker", per_step=True),
     Metric("worker_weights_version", "gauge", "Weights version this rollout worker holds", _W, source="worker"),
     Metric("worker_queue_depth", "gauge", "Request parts the trainer submitted to this rollout worker and has not collected", _W),
     # verifiers (rollout workers, where samples are scored)
-    Metric("verifier_seconds", "histogram", "Verifier wall time per sample", _V, _SECONDS, source="worker"),
+    Metric("verifier_seconds", "histogram", "Verifier wall time per sample", _V, _SECONDS, source="worker", per_step=True),
     Metric("verifier_timeouts", "counter", "Samples a verifier gave up on at its time limit", _V, source="worker"),
     Metric("verifier_errors", "counter", "Samples a verifier could not score (scored 0)", _V, source="worker"),
     # held-out evaluation (kind greedy, pass or maj; k samples per prompt, 1 for greedy)
     Metric("eval_accuracy", "gauge", "Held-out accuracy: greedy, pass@k, maj@k", (*RUN_LABELS, "kind", "k")),
     # compute and cost
-    Metric("tokens_per_second", "gauge", "Generated tokens per second of the last step's wall time (generation overlapped or not)"),
+    Metric("tokens_per_second", "gauge", "Trained completion tokens per second of the last step's wall time (generation overlapped or not)"),
     Metric("gpu_utilization", "gauge", "GPU utilisation, 0..1 (NVML; absent where there is no GPU)", _GPU, source="gpu"),
     Metric("gpu_memory_used_bytes", "gauge", "GPU memory in use (NVML; absent where there is no GPU)", _GPU, source="gpu"),
     Metric("model_flops", "counter", "Model FLOPs of training (6 * params * tokens) and generation (2 * params * tokens)",

@@ -18,12 +18,12 @@ SUFFIXES = {"gauge": ("",), "counter": ("_total",), "histogram": ("_bucket", "_s
 # the labels every run's metrics carry, each filtered by the dashboard variable of the same name
 RUN = ("namespace", "run")
 RATE_WINDOW = "$__rate_interval"
-# The trainer observes its histograms once a step, and a step can outlast Grafana's rate interval
-# (a few scrape intervals): a rate over that window would be empty between steps and the panel would
-# show gaps. Their panels average over the dashboard variable `$step_window` instead, whose choices
+# Some histograms are observed once a step (the trainer's; each worker's requests), and a step can
+# outlast Grafana's rate interval (a few scrape intervals): a rate over that window would be empty
+# between steps and the panel would show gaps. Their panels average over the dashboard variable `$step_window` instead, whose choices
 # and default are these.
 STEP_WINDOW = "$step_window"
-STEP_WINDOWS = ("1m", "5m", "15m", "1h", "6h")
+STEP_WINDOWS = ("5m", "15m", "1h", "6h")  # 5m: at least 5 scrapes at 60 s
 STEP_WINDOW_DEFAULT = "15m"
 RANGE = "$__range"
 
@@ -77,9 +77,9 @@ def increase(name: str, by: tuple[str, ...] = RUN, window: str = RANGE) -> str:
 
 
 def histogram_window(name: str) -> str:
-    """The window a histogram's panels look back over: `$step_window` for the trainer's (observed
-    once a step), Grafana's rate interval for the others (observed all the time)."""
-    return STEP_WINDOW if definition(name).source == "trainer" else RATE_WINDOW
+    """The window a histogram's panels look back over: `$step_window` for those observed once a
+    step (`Metric.per_step`), Grafana's rate interval for the others (observed all the time)."""
+    return STEP_WINDOW if definition(name).per_step else RATE_WINDOW
 
 
 def mean(name: str, by: tuple[str, ...] = RUN, matchers: tuple[str, ...] = ()) -> str:

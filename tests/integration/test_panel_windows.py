@@ -1,4 +1,5 @@
-"""The dashboards' panels of the trainer's per-step histograms, as Prometheus evaluates them
+"""The dashboards' panels of the histograms observed once a step (the trainer's, each rollout
+worker's requests and their scoring), as Prometheus evaluates them
 (`promtool test rules`), on a run whose steps are slower than Grafana's rate interval: each panel
 has a value between two steps, not the gap (0 / 0) a window shorter than a step gives.
 
@@ -23,7 +24,7 @@ LABELS = ('namespace="ns"', 'run="r"')
 
 
 def per_step_histograms() -> list[metrics.Metric]:
-    return [m for m in metrics.DEFINITIONS if m.kind == "histogram" and m.source == "trainer"]
+    return [m for m in metrics.DEFINITIONS if m.kind == "histogram" and m.per_step]
 
 
 def counts() -> str:
@@ -37,11 +38,12 @@ def counts() -> str:
 
 def input_series() -> list[dict]:
     """Every per-step histogram's `_sum`, `_count` and `_bucket` series of one run, as the trainer
-    exports them (the reward's for verifier "all" and one verifier)."""
+    and a worker export them (the reward's for verifier "all" and one verifier)."""
     out = []
     for m in per_step_histograms():
-        label_sets = ([(*LABELS, 'verifier="all"'), (*LABELS, 'verifier="countdown"')] if "verifier" in m.labels
-                      else [LABELS])
+        labels = (*LABELS, 'worker="0"') if "worker" in m.labels else LABELS
+        verifiers = ("all", "countdown") if m.name == "reward" else ("countdown",)  # "all": the reward's sum
+        label_sets = [(*labels, f'verifier="{v}"') for v in verifiers] if "verifier" in m.labels else [labels]
         for labels in label_sets:
             def line(suffix: str, *extra: str) -> str:
                 return f"{m.full_name}{suffix}{{{', '.join((*labels, *extra))}}}"

@@ -104,7 +104,7 @@ def test_each_dashboard_picks_namespace_and_run(boards: dict[str, dict], file: s
 @pytest.mark.parametrize("file", FILES)
 def test_every_variable_a_query_uses_is_on_its_dashboard(boards: dict[str, dict], file: str):
     """A variable missing from the dashboard reaches Prometheus as `$name`, a syntax error; the
-    trainer's per-step histograms look back over `$step_window` (Grafana's rate interval can be
+    histograms observed once a step look back over `$step_window` (Grafana's rate interval can be
     shorter than a step), and nothing else does."""
     board = boards[file]
     defined = {v["name"]: v for v in board["templating"]["list"]}
@@ -113,7 +113,7 @@ def test_every_variable_a_query_uses_is_on_its_dashboard(boards: dict[str, dict]
     for panel in (p for p in board["panels"] if p["type"] != "row"):
         for target in panel["targets"]:
             for name in re.findall(r"\b(zeroth_[a-z0-9_]+?)(?:_bucket|_sum|_count)\b", target["expr"]):
-                per_step = metrics.BY_NAME[name.removeprefix(metrics.PREFIX)].source == "trainer"
+                per_step = metrics.BY_NAME[name.removeprefix(metrics.PREFIX)].per_step
                 windows = set(re.findall(r"\[(\$\w+)\]", target["expr"]))
                 assert windows == ({"$step_window"} if per_step else {"$__rate_interval"}), (file, panel["title"], name)
     if "step_window" in defined:
