@@ -84,8 +84,9 @@ class RolloutWorker:
             self.metrics.registry.register(gpus.GpuCollector({k: self.labels[k] for k in ("run", "namespace")}))
         self._m("worker_weights_version").set(0)
         self._m("worker_generated_tokens")
+        self._m("worker_request_seconds")  # a histogram at 0 too: rate() sees the first request's rise
         for verifier in self.spec.verifiers:  # counted from 0, not absent until a first timeout or error
-            for name in ("verifier_timeouts", "verifier_errors"):
+            for name in ("verifier_timeouts", "verifier_errors", "verifier_seconds"):
                 self._m(name, verifier=verifier.name)
         if any(v.name == "math" for v in self.spec.verifiers):
             import threading

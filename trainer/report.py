@@ -114,6 +114,12 @@ class Reporter:
         for counter in ("checkpoints", "exported_samples", "rollout_workers_joined", "rollout_workers_lost",
                         "rollout_requests_resubmitted", "generated_tokens", "trained_tokens", "weight_sync_bytes"):
             self._m(counter)  # counted from 0 at the start: rate() and increase() see the first rise
+        # the per-step histograms too: created at the first step, already holding its observations,
+        # they would leave the panels at 0/0 until the second step after every (re)start
+        for m in metrics.DEFINITIONS:
+            if m.kind == "histogram" and m.source == "trainer":
+                for verifier in (("all", *(v.name for v in spec.verifiers)) if "verifier" in m.labels else (None,)):
+                    self._m(m.name, **({"verifier": verifier} if verifier else {}))
         self._progress(maxSteps=spec.algorithm.max_steps)
 
     def _progress(self, force: bool = False, **fields: Any) -> None:

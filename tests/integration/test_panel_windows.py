@@ -27,13 +27,17 @@ def per_step_histograms() -> list[metrics.Metric]:
     return [m for m in metrics.DEFINITIONS if m.kind == "histogram" and m.per_step]
 
 
+STARTED_MINUTES = 2  # no series before the trainer starts; from then on, 0 until the first step
+
+
 def counts() -> str:
-    """The cumulative count of observations at each scrape: OBSERVATIONS more at each step."""
+    """The cumulative count of observations at each scrape (`_`: no sample), as the processes export
+    them: absent before the trainer starts, 0 from its start, OBSERVATIONS more at each step."""
     values = []
     for scrape in range(END_MINUTES * 60 // SCRAPE + 1):
         minute = scrape * SCRAPE / 60
-        values.append(OBSERVATIONS * min(STEPS, int(minute // STEP_MINUTES)))
-    return " ".join(str(v) for v in values)
+        values.append("_" if minute < STARTED_MINUTES else str(OBSERVATIONS * min(STEPS, int(minute // STEP_MINUTES))))
+    return " ".join(values)
 
 
 def input_series() -> list[dict]:
@@ -52,7 +56,7 @@ def input_series() -> list[dict]:
             for le in (*m.buckets, "+Inf"):
                 every = le == "+Inf" or le >= 1.0
                 out.append({"series": line("_bucket", f'le="{le}"'),
-                            "values": counts() if every else " ".join("0" for _ in counts().split())})
+                            "values": counts() if every else " ".join(v if v == "_" else "0" for v in counts().split())})
     return out
 
 
@@ -66,14 +70,14 @@ def test_every_per_step_histogram_has_a_panel():
     assert shown == {m.full_name for m in per_step_histograms()}
 
 
-@pytest.mark.parametrize("minutes_after_a_step", [1, 5, 9])
+@pytest.mark.parametrize(("step", "minutes_after"), [(1, 5), (1, 9), (3, 1), (3, 5), (3, 9)])
 def test_per_step_panels_have_a_value_between_slow_steps(helm: Path, promtool: Path, tmp_path: Path,  # noqa: F811
-                                                         minutes_after_a_step: int):
-    """At 1, 5 and 9 minutes after the step of minute 30, every per-step panel query, with Grafana's
+                                                         step: int, minutes_after: int):
+    """Minutes after the first and the third step, every per-step panel query, with Grafana's
     variables as a 30 s scrape and the dashboard's default `$step_window` give them, returns a
     value (NaN and no series both fail): a mean of exactly 1 (every observation is 1), a quantile
-    above 0."""
-    eval_time = f"{3 * STEP_MINUTES + minutes_after_a_step}m"
+    above 0. After the first step only because the series were at 0 before it."""
+    eval_time = f"{step * STEP_MINUTES + minutes_after}m"
     cases = []
     for query in per_step_queries():
         expr = query.promql(namespace="ns", run="r", rate_interval=RATE_INTERVAL)

@@ -134,6 +134,13 @@ def test_the_step_is_exported_before_the_first_step_and_on_resume_is_the_checkpo
         (tmp_path / directory).mkdir()
     fresh = Reporter(tmp_path / "fresh", "r", "ns", spec, None)
     assert fresh.metrics.registry.get_sample_value("zeroth_step", step) == 0
+    # the per-step histograms are there at 0 too, so rate() over the first step's observations has
+    # a 0 before them (each verifier's reward and the weighted sum's)
+    verifiers = [{"verifier": v} for v in ("all", *(v.name for v in spec.verifiers))]
+    for name in ("reward", "response_length_tokens", "step_seconds", "generation_seconds", "weight_sync_seconds",
+                 "rollout_staleness"):
+        for extra in (verifiers if name == "reward" else [{}]):
+            assert fresh.metrics.registry.get_sample_value(f"zeroth_{name}_count", {**step, **extra}) == 0, (name, extra)
     resumed = Reporter(tmp_path / "resumed", "r", "ns", spec, None)
     resumed.checkpoint(7, written=False)
     assert resumed.metrics.registry.get_sample_value("zeroth_step", step) == 7

@@ -187,11 +187,19 @@ def test_a_worker_serves_what_it_generated_and_how_its_verifiers_fared(ones_and_
     worker = RolloutWorker(str(ones_and_twos), run, index=3, labels={"run": "r", "namespace": "ns"}, serve_metrics=True)
     tasks = [{"id": "good", "prompt": "go:", "gold": {"numbers": [1, 2], "target": 3}},
              {"id": "bad", "prompt": "again:", "gold": None}]
-    samples = worker.generate(tasks, group_size=2, seed=0)
-    text = urllib.request.urlopen(f"http://{worker.metrics_endpoint()}/metrics", timeout=10).read().decode()
-    got = {(s.name, tuple(sorted(s.labels.items()))): s.value
-           for family in text_string_to_metric_families(text) for s in family.samples}
     me, verifier = {"run": "r", "namespace": "ns", "worker": "3"}, {"run": "r", "namespace": "ns", "verifier": "countdown"}
+
+    def scrape() -> dict:
+        text = urllib.request.urlopen(f"http://{worker.metrics_endpoint()}/metrics", timeout=10).read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    # before any request the histograms are there at 0: rate() over the first request sees its rise
+    got = scrape()
+    assert got[("zeroth_worker_request_seconds_count", tuple(sorted(me.items())))] == 0
+    assert got[("zeroth_verifier_seconds_count", tuple(sorted(verifier.items())))] == 0
+    samples = worker.generate(tasks, group_size=2, seed=0)
+    got = scrape()
 
     def value(name, labels):
         return got[(name, tuple(sorted(labels.items())))]
