@@ -69,7 +69,7 @@ CONFLICT_RETRIES = 10  # passes started again at once on a 409 before the pass c
 # GPU time and cost come from each run's status (durable: an operator restart does not reset them)
 _FROM_STATUS = ("gpu_seconds", "cost")
 _metrics = metrics.Metrics(names=tuple(n for n in metrics.exported_by("operator") if n not in _FROM_STATUS))
-for _name in ("reconcile_errors", "reconcile_conflicts"):  # 0 from the start, not absent until the first
+for _name in ("reconcile_errors", "reconcile_conflicts", "reconcile_seconds"):  # 0 from the start, not absent until the first
     _metrics[_name].labels(handler="reconcile")
 _exported: set[tuple[str, str]] = set()  # the runs whose run_phase and run_restarts series exist
 _publish_lock = threading.Lock()

@@ -946,7 +946,7 @@ class Progress(Status):
     accuracy: float | None = None
     """Greedy accuracy on the held-out split at the latest evaluation."""
     tokens_per_second: float | None = None
-    """Generated tokens per second over the last step."""
+    """Trained completion tokens per second of the last step's wall time."""
     last_checkpoint_step: int | None = None
     """Step of the newest complete checkpoint."""
     weights_version: int | None = None

@@ -161,7 +161,7 @@ def overview() -> dict:
             graph("Truncated at the length limit", FRACTION, q(gauge("truncated_fraction"))),
         ]),
         ("Throughput", [
-            graph("Tokens/s", COUNT, q(gauge("tokens_per_second"), what="generated, last step"),
+            graph("Tokens/s", COUNT, q(gauge("tokens_per_second"), what="trained, last step"),
                   q(rate("generated_tokens"), what="generated"), q(rate("trained_tokens"), what="trained")),
             graph("MFU", FRACTION, q(gauge("mfu")), description="Model FLOPs utilisation of the trainer (absent on CPU)."),
             graph("Step time breakdown (mean)", SECONDS, q(mean("step_seconds"), what="step"),
