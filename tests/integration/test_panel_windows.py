@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_alerts import helm, promtool, promtool_test, rules_file  # noqa: F401 (fixtures)
-from zeroth import dashboards, metrics, promql
+from zeroth import dashboards, metrics
 
 SCRAPE = 30  # seconds: kube-prometheus-stack's default
 RATE_INTERVAL = "2m"  # Grafana's $__rate_interval for that scrape interval: 4 scrapes
@@ -21,13 +21,11 @@ STEPS = 4  # at minutes 10, 20, 30, 40
 END_MINUTES = 60
 OBSERVATIONS = 4  # each step observes each histogram 4 times, every observation 1.0
 LABELS = ('namespace="ns"', 'run="r"')
+STARTED_MINUTES = 2  # no series before the trainer starts; from then on, 0 until the first step
 
 
 def per_step_histograms() -> list[metrics.Metric]:
     return [m for m in metrics.DEFINITIONS if m.kind == "histogram" and m.per_step]
-
-
-STARTED_MINUTES = 2  # no series before the trainer starts; from then on, 0 until the first step
 
 
 def counts() -> str:
@@ -43,6 +41,8 @@ def counts() -> str:
 def input_series() -> list[dict]:
     """Every per-step histogram's `_sum`, `_count` and `_bucket` series of one run, as the trainer
     and a worker export them (the reward's for verifier "all" and one verifier)."""
+    counted = counts()
+    none = " ".join(v if v == "_" else "0" for v in counted.split())  # a bucket below every observation
     out = []
     for m in per_step_histograms():
         labels = (*LABELS, 'worker="0"') if "worker" in m.labels else LABELS
@@ -51,12 +51,11 @@ def input_series() -> list[dict]:
         for labels in label_sets:
             def line(suffix: str, *extra: str) -> str:
                 return f"{m.full_name}{suffix}{{{', '.join((*labels, *extra))}}}"
-            out.append({"series": line("_sum"), "values": counts()})  # every observation is 1.0
-            out.append({"series": line("_count"), "values": counts()})
+            out.append({"series": line("_sum"), "values": counted})  # every observation is 1.0
+            out.append({"series": line("_count"), "values": counted})
             for le in (*m.buckets, "+Inf"):
                 every = le == "+Inf" or le >= 1.0
-                out.append({"series": line("_bucket", f'le="{le}"'),
-                            "values": counts() if every else " ".join(v if v == "_" else "0" for v in counts().split())})
+                out.append({"series": line("_bucket", f'le="{le}"'), "values": counted if every else none})
     return out
 
 
