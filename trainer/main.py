@@ -33,8 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     # A rank that a C++ abort or a segfault kills (inside gloo, NCCL, a kernel) leaves its threads'
-    # Python stacks in the log, not just torchrun's "Signal 6".
-    faulthandler.enable()
+    # Python stacks in the log, not just torchrun's "Signal 6". They go to a copy of stderr's file
+    # descriptor: a library that points fd 2 elsewhere for a while (DeepSpeed's op probe sends it to
+    # a temporary file it then deletes, while it compiles test programs) does not take them along.
+    faulthandler.enable(file=os.dup(sys.stderr.fileno()))
     args.run_dir.mkdir(parents=True, exist_ok=True)
     try:
         return _train(args)

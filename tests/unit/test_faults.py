@@ -10,9 +10,11 @@ DeepSpeed runs for real on a one-rank gloo group (tests/unit/conftest.py), on a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -113,33 +115,61 @@ def test_a_checkpoint_killed_mid_write_is_ignored_the_previous_one_resumes_and_t
     assert sorted(p.name for p in directory.glob("step-*")) == [ckpt.tag(2), ckpt.tag(4)]
 
 
-def test_a_rank_killed_by_an_abort_leaves_its_python_stack_in_the_log(tmp_path, model_dir):
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("where", ["rendezvous", "stderr-redirected"])
+def test_a_rank_killed_by_an_abort_leaves_its_python_stack_in_the_log(tmp_path, model_dir, where):
     """gloo and NCCL end a process from C++ ("terminate called ...", SIGABRT), and torchrun's report
     says only "Signal 6": the trainer turns faulthandler on, so the rank's log shows where it was.
-    Rank 0 of 2 waits in its rendezvous for a rank 1 that never comes; it is aborted there."""
+    Rank 0 of 2 is aborted where it waits for a rank 1 that never comes (its rendezvous: its store
+    listens), or while DeepSpeed's op probe has pointed its fd 2 at a temporary file to hide a test
+    compile (a C compiler that hangs holds it there: once in CI an abort in that window left the
+    log empty)."""
     manifest = {"apiVersion": "zeroth.dev/v1alpha1", "kind": "ReasoningRun", "metadata": {"name": "abort"},
                 "spec": {"model": {"name": str(model_dir), "dtype": "float32"},
                          "dataset": {"source": "builtin:countdown"}, "verifiers": [{"name": "countdown"}],
                          "trainer": {"replicas": 2, "gpusPerReplica": 0}, "rollout": {"engine": "hf", "gpusPerReplica": 0}}}
-    config, run_dir = tmp_path / "run.json", tmp_path / "run"
+    config, run_dir, port = tmp_path / "run.json", tmp_path / "run", free_port()
     config.write_text(json.dumps(manifest))
-    env = procs.tag({**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
+    env = procs.tag({**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
                      "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
     env.pop("PYTHONFAULTHANDLER", None)
+    if where == "stderr-redirected":
+        compiler = tmp_path / "cc"
+        compiler.write_text("#!/bin/sh\nexec sleep 600\n")
+        compiler.chmod(0o755)
+        env["CC"] = str(compiler)
     rank = subprocess.Popen([sys.executable, "-m", "zeroth.trainer.main", "--run-dir", str(run_dir), "--config", str(config)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = os.readlink(f"/proc/{rank.pid}/fd/2")  # the pipe this test reads
+
+    def there() -> bool:
+        if where == "rendezvous":
+            return _listening(port)
+        return os.readlink(f"/proc/{rank.pid}/fd/2") != log
+
     try:
         deadline = time.monotonic() + scaled(120)
-        while not (run_dir / "pids" / "rank-0.pid").exists():  # written in `_train`, before the rendezvous
-            assert rank.poll() is None and time.monotonic() < deadline, "the rank ended or never started"
-            time.sleep(0.2)
+        while not there():
+            assert rank.poll() is None and time.monotonic() < deadline, f"the rank ended or never reached its {where}"
+            time.sleep(0.1)
         rank.send_signal(signal.SIGABRT)
         _, stderr = rank.communicate(timeout=scaled(60))
     finally:
-        rank.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(rank.pid, signal.SIGKILL)  # the hung compiler too
+        rank.wait()
     assert rank.returncode == -signal.SIGABRT
     assert "Fatal Python error: Aborted" in stderr, stderr[-2000:]
     assert "in _train" in stderr and "in main" in stderr, stderr[-2000:]
+    if where == "stderr-redirected":
+        assert "in has_function" in stderr, stderr[-2000:]
 
 
 @pytest.fixture
