@@ -351,8 +351,13 @@ class WorkerPool:
             zygote.close()
 
     def warm_up(self) -> None:
-        """Start the zygote and a worker, so the first real call pays no imports."""
-        self.run(_noop, (), STARTUP_TIMEOUT)
+        """Start the zygote and a worker, so the first real call pays no imports. Best effort: a
+        zygote that cannot start, or a pool closed while it starts (a worker stopped soon after it
+        began), ends the warm-up quietly; the first real call starts it again and reports a failure."""
+        try:
+            self.run(_noop, (), STARTUP_TIMEOUT)
+        except (WorkerError, OSError, ValueError):  # ValueError: a control socket closed under select
+            pass
 
 
 def _noop() -> None:

@@ -545,3 +545,36 @@ def test_a_pool_started_by_a_thread_that_ended_keeps_its_zygote():
         assert pool.zygotes == 1
     finally:
         pool.close()
+
+
+def test_a_warm_up_that_cannot_start_a_worker_ends_quietly_and_the_call_reports_it():
+    """The warm-up runs on a thread nobody joins: a zygote that dies on its way up (here a preload
+    that does not import) ended that thread with a traceback in the worker's log. It ends quietly;
+    the first real call meets the failure and raises it."""
+    pool = workers.WorkerPool(size=1, preload=("zeroth_no_such_module",))
+    try:
+        pool.warm_up()
+        with pytest.raises(workers.WorkerError):
+            pool.run(abs, (-5,), 5)
+    finally:
+        pool.close()
+
+
+def test_a_warm_up_of_a_pool_closed_while_it_starts_ends_quietly():
+    pool = workers.WorkerPool(size=1)
+    errors: list[BaseException] = []
+
+    def warm_up() -> None:
+        try:
+            pool.warm_up()
+        except BaseException as exc:  # noqa: BLE001 - the test reports whatever escapes
+            errors.append(exc)
+
+    thread = threading.Thread(target=warm_up)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while pool.zygotes == 0 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    pool.close()  # the zygote is still importing: its start-up is cut short
+    thread.join(timeout=60)
+    assert not thread.is_alive() and errors == []
