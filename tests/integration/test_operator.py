@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
@@ -283,7 +283,14 @@ def test_gpu_time_and_cost_are_the_gpu_pods_requests_times_their_time(crd, opera
     running(c, operator, ns, "costly", trainers=1, trainer_gpus=2, rollouts=1, rollout_gpus=0,
             cost={"pricePerGpuHour": 36.0, "currency": "EUR"})
     (first,) = pods_of(c, ns, "costly", "trainer")
+    first_start = datetime.fromisoformat(first["status"]["startTime"])
+    # a running pod is counted to the last whole minute: wait for a count of the first pod past one
+    # (a whole minute after its start, at the operator's next pass: its resync is every 60 s)
+    wait_for("the first pod's GPU time counted", lambda: (
+        (run_of(c, ns, "costly")["status"].get("compute") or {}).get("pods", {}).get(first["metadata"]["uid"])),
+        timeout=150, operator=operator)
     c.kubectl("delete", "pod", first["metadata"]["name"], "-n", ns, "--wait=true")
+    deleted = datetime.now(timezone.utc)
     wait_for("the restarted gang", lambda: [p for p in live(pods_of(c, ns, "costly", "trainer"))
                                             if p["metadata"]["uid"] != first["metadata"]["uid"]
                                             and p["status"].get("phase") == "Running"], operator=operator)
@@ -291,6 +298,10 @@ def test_gpu_time_and_cost_are_the_gpu_pods_requests_times_their_time(crd, opera
     closed = wait_for("the first pod's time closed", lambda: (
         (run_of(c, ns, "costly")["status"].get("compute") or {}).get("pods", {}).get(first["metadata"]["uid"]) is None
         and run_of(c, ns, "costly")["status"]["compute"]), operator=operator)["closed"]
+    # `closed` is what the first pod held at the operator's last count of it, checked against the
+    # pod's own times: 2 GPUs × (a whole minute between its start and its deletion − its start)
+    whole_minute = first_start + timedelta(seconds=closed / 2)
+    assert closed > 0 and whole_minute.second == 0 and first_start < whole_minute <= deleted, (closed, first_start, deleted)
     time.sleep(3)  # some GPU time to count
     c.kubectl("label", "pod", trainer["metadata"]["name"], "-n", ns, f"{EXIT_ZERO}=0")
     wait_for("costly Succeeded", phase_is(c, ns, "costly", "Succeeded"), operator=operator)
