@@ -64,7 +64,7 @@ def _train(args: argparse.Namespace) -> int:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     else:
-        _skip_shared_memory_allreduce()
+        skip_shared_memory_allreduce()
     # Every rank has the model before its first collective: a first build takes minutes (more on a
     # slow or busy machine), and is waited for on the cache's file lock, which has no timeout.
     models.resolve(run.spec.model)
@@ -105,11 +105,12 @@ def _record_failure(run_dir: Path, error: BaseException) -> None:
     os.replace(tmp, errors / f"rank-{rank}.txt")
 
 
-def _skip_shared_memory_allreduce() -> None:
+def skip_shared_memory_allreduce() -> None:
     """DeepSpeed's CPU backend JIT-compiles its shared-memory all-reduce when it starts: about a
     minute of g++ in every trainer pod at every start (nothing persists the build there), and no pod
     starts from an image without a C++ toolchain. Only `inference_all_reduce` uses it, which training
-    never calls; marked incompatible, the op is skipped as on a platform that lacks it."""
+    never calls; marked incompatible, the op is skipped as on a platform that lacks it. Every
+    process that starts a CPU rank as the trainer does calls it (the ZeRO tests' ranks too)."""
     from deepspeed import ops
     from deepspeed.accelerator import get_accelerator
 

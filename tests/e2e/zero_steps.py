@@ -87,9 +87,9 @@ def main(stage: int, model_dir: Path, out: Path) -> None:
     from zeroth import validation
     from zeroth.rollout.worker import Sample
     from zeroth.trainer.engine import Policy
-    from zeroth.trainer.main import _skip_shared_memory_allreduce
+    from zeroth.trainer.main import skip_shared_memory_allreduce
 
-    _skip_shared_memory_allreduce()  # as the trainer starts on a CPU: no g++ build of an op training never uses
+    skip_shared_memory_allreduce()  # as the trainer starts on a CPU: no g++ build of an op training never uses
     deepspeed.init_distributed(dist_backend="gloo")
     rank = dist.get_rank()
     assert dist.get_world_size() == WORLD

@@ -60,7 +60,7 @@ from zeroth.trainer import checkpoint as ckpt, loop, main
 from zeroth.trainer.engine import Policy
 
 model_dir, directory = sys.argv[1], Path(sys.argv[2])
-main._skip_shared_memory_allreduce()
+main.skip_shared_memory_allreduce()
 deepspeed.init_distributed(dist_backend="gloo")
 policy = Policy(make_spec(model_dir), model_dir, per_rank=8)
 state = ckpt.TrainerState()
