@@ -153,35 +153,36 @@ class Reporter:
         self._flops(record, samples)
         if self.gpu_time is not None:
             record.update(self.gpu_time.totals())  # in metrics.jsonl: a resumed run goes on from them
-        for s in samples:
-            m("reward", verifier="all").observe(s.reward)
-            for name, score in s.scores.items():
-                m("reward", verifier=name).observe(score)
-            m("response_length_tokens").observe(len(s.completion_ids))
-            m("rollout_staleness").observe(record["weights_version"] - 1 - s.version)  # version trained from
-        m("generated_tokens").inc(record["generated_tokens"])
-        m("trained_tokens").inc(record["trained_tokens"])
-        m("step_seconds").observe(record["step_seconds"])
-        m("generation_seconds").observe(record["generation_seconds"])
-        m("weight_sync_seconds").observe(record["weight_sync_seconds"])
-        m("weight_sync_bytes").inc(record.get("weight_sync_bytes", 0))
-        m("model_flops", phase="train").inc(record["model_flops_train"])
-        m("model_flops", phase="generation").inc(record["model_flops_generation"])
-        depths = record.get("worker_queue_depth", {})
-        for gone in self._workers - set(depths):  # a lost worker's series ends with it
-            self.metrics["worker_queue_depth"].remove(*self.labels.values(), gone)
-        self._workers = set(depths)
-        for index, depth in depths.items():
-            m("worker_queue_depth", worker=index).set(depth)
-        if "rollout_workers" in record:
-            m("rollout_workers").set(record["rollout_workers"])
-            for key in ("rollout_requests_resubmitted", "rollout_workers_joined", "rollout_workers_lost"):
-                m(key).inc(record[key])
-        for key in ("step", "accuracy", "all_equal_groups_fraction", "truncated_fraction", "loss", "kl", "entropy",
-                    "clip_fraction", "clip_fraction_low", "clip_fraction_high", "importance_ratio", "logprob_mismatch",
-                    "logprob_mismatch_max", "grad_norm", "learning_rate", "weights_version", "tokens_per_second", "mfu"):
-            if record.get(key) is not None:
-                m(key).set(record[key])
+        with self.metrics.registry.update():  # a scrape sees the step's series all set, or none of them
+            for s in samples:
+                m("reward", verifier="all").observe(s.reward)
+                for name, score in s.scores.items():
+                    m("reward", verifier=name).observe(score)
+                m("response_length_tokens").observe(len(s.completion_ids))
+                m("rollout_staleness").observe(record["weights_version"] - 1 - s.version)  # version trained from
+            m("generated_tokens").inc(record["generated_tokens"])
+            m("trained_tokens").inc(record["trained_tokens"])
+            m("step_seconds").observe(record["step_seconds"])
+            m("generation_seconds").observe(record["generation_seconds"])
+            m("weight_sync_seconds").observe(record["weight_sync_seconds"])
+            m("weight_sync_bytes").inc(record.get("weight_sync_bytes", 0))
+            m("model_flops", phase="train").inc(record["model_flops_train"])
+            m("model_flops", phase="generation").inc(record["model_flops_generation"])
+            depths = record.get("worker_queue_depth", {})
+            for gone in self._workers - set(depths):  # a lost worker's series ends with it
+                self.metrics["worker_queue_depth"].remove(*self.labels.values(), gone)
+            self._workers = set(depths)
+            for index, depth in depths.items():
+                m("worker_queue_depth", worker=index).set(depth)
+            if "rollout_workers" in record:
+                m("rollout_workers").set(record["rollout_workers"])
+                for key in ("rollout_requests_resubmitted", "rollout_workers_joined", "rollout_workers_lost"):
+                    m(key).inc(record[key])
+            for key in ("step", "accuracy", "all_equal_groups_fraction", "truncated_fraction", "loss", "kl", "entropy",
+                        "clip_fraction", "clip_fraction_low", "clip_fraction_high", "importance_ratio", "logprob_mismatch",
+                        "logprob_mismatch_max", "grad_norm", "learning_rate", "weights_version", "tokens_per_second", "mfu"):
+                if record.get(key) is not None:
+                    m(key).set(record[key])
         self._write(record)
         self._export(record["step"], samples)
         self._say(f"step {record['step']}/{self.spec.algorithm.max_steps}", record, "reward_mean", "accuracy", "loss",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -144,11 +145,29 @@ def exported_by(source: Source) -> tuple[str, ...]:
     return tuple(m.name for m in DEFINITIONS if m.source == source)
 
 
+class Registry(CollectorRegistry):
+    """A registry whose scrapes see a group of updates whole: the trainer sets a step's series
+    inside `with registry.update():`, and a scrape waits until they are all set. Otherwise a scrape
+    could read `zeroth_step` at s beside the token counters of step s+1 or the loss of step s-1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._updating = threading.Lock()
+
+    def update(self) -> threading.Lock:
+        return self._updating
+
+    def collect(self):
+        with self._updating:
+            families = list(super().collect())
+        yield from families
+
+
 class Metrics:
     """prometheus-client objects for the definitions, in one registry: `metrics["reward"]`."""
 
     def __init__(self, registry: CollectorRegistry | None = None, names: tuple[str, ...] | None = None):
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry or Registry()
         self._objects = {}
         for m in DEFINITIONS:
             if names is not None and m.name not in names:

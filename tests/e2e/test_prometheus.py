@@ -132,6 +132,7 @@ def test_prometheus_scrapes_a_run_and_the_operator_and_every_panel_and_alert_eva
             wait_for(lambda: time.time() - started > PICTURE_SECONDS, PICTURE_SECONDS * 2, "the pictures' run")
         now = time.time()
         check_panels(prometheus, now, f"{math.ceil(now - started) + 5}s")
+        check_values(prometheus, run_dir, now, f"{math.ceil(now - started) + 5}s")
         check_alerts(prometheus, now)
         draw(prometheus, started, now, tmp_path / "pictures")
     finally:
@@ -181,6 +182,50 @@ def check_panels(prometheus: Prometheus, at: float, window: str) -> None:
     # the dashboards' $run variable (label_values of zeroth_step) lists the run
     runs = prometheus.api("label/run/values", **{"match[]": promql.series("step")})
     assert "scraped" in runs, runs
+
+
+# What Prometheus must hold at a scrape that saw step s done, from metrics.jsonl's records up to s:
+# a gauge the record's own value, a counter (or a histogram's sum or count) the total over steps.
+GAUGES = ("loss", "accuracy", "kl", "entropy", "grad_norm", "learning_rate", "weights_version")
+TOTALS = {
+    promql.series("trained_tokens"): lambda r: r["trained_tokens"],
+    promql.series("generated_tokens"): lambda r: r["generated_tokens"],
+    promql.series("model_flops") + '{phase="train"}': lambda r: r["model_flops_train"],
+    promql.series("reward", "_count") + '{verifier="all"}': lambda r: r["samples"],
+    promql.series("reward", "_sum") + '{verifier="all"}': lambda r: r["reward_mean"] * r["samples"],
+    promql.series("response_length_tokens", "_sum"): lambda r: r["response_length_mean"] * r["samples"],
+    promql.series("step_seconds", "_sum"): lambda r: r["step_seconds"],
+}
+
+
+def check_values(prometheus: Prometheus, run_dir: Path, at: float, window: str) -> None:
+    """Prometheus holds the run's own numbers, not just some finite ones: each scrape of rank 0 is
+    matched to the step its `zeroth_step` says was done, and the gauges and totals it read are
+    compared with metrics.jsonl's records. Every scrape agrees: the trainer sets a step's series
+    while its scrapes wait (`metrics.Registry`)."""
+    def samples(query: str) -> dict[float, float]:
+        name, _, matchers = query.partition("{")
+        selector = f'{name}{{run="scraped"{"," + matchers.rstrip("}") if matchers else ""}}}'
+        (result,) = prometheus.api("query", query=f"{selector}[{window}]", time=at)["result"]
+        return {t: float(v) for t, v in result["values"]}
+
+    done = {t: int(s) for t, s in samples(promql.series("step")).items() if s >= 1}
+    assert len(set(done.values())) >= 2, f"fewer than 2 steps scraped: {done}"
+    want_of = {promql.series(name): (lambda key: lambda r: r[key])(name) for name in GAUGES}
+    read = {query: samples(query) for query in [*want_of, *TOTALS]}
+    by_step = {r["step"]: r for r in steps(run_dir)}
+    totals, running = {}, dict.fromkeys(TOTALS, 0.0)
+    for step in sorted(by_step):
+        for query, value in TOTALS.items():
+            running[query] += value(by_step[step])
+        totals[step] = dict(running)
+    wrong = {}
+    for t, step in sorted(done.items()):
+        want = {q: f(by_step[step]) for q, f in want_of.items()} | totals[step]
+        diff = {q: (read[q].get(t), v) for q, v in want.items() if read[q].get(t) != pytest.approx(v, rel=1e-6, abs=1e-9)}
+        if diff:
+            wrong[f"scrape at {t}, step {step}"] = diff
+    assert not wrong, f"Prometheus read other numbers than the run's records (query: (read, recorded)): {wrong}"
 
 
 def check_alerts(prometheus: Prometheus, at: float) -> None:

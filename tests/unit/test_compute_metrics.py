@@ -126,6 +126,24 @@ def test_no_mfu_on_a_cpu(tmp_path):
     assert not (tmp_path / TARGETS_FILE).exists()  # no /metrics served, nothing to scrape
 
 
+def test_a_step_sets_its_series_while_scrapes_wait(tmp_path):
+    """Every series a step sets is set inside the registry's update (metrics.Registry), so a scrape
+    never reads part of a step: each of them is taken while the update is held."""
+    spec = validation.validate(minimal_manifest()).spec
+    reporter = Reporter(tmp_path, "r", "ns", spec, None)
+    taken, real = [], reporter._m
+
+    def m(name, **extra):
+        taken.append((name, reporter.metrics.registry.update().locked()))
+        return real(name, **extra)
+
+    reporter._m = m
+    reporter.step(_record(worker_queue_depth={"0": 1}), [_sample(3, 5)])
+    assert {"step", "accuracy", "trained_tokens", "reward", "worker_queue_depth"} <= {name for name, _ in taken}
+    # exported_samples alone counts later, once the samples are on disk (no file is written under the update)
+    assert [name for name, held in taken if not held] == ["exported_samples"]
+
+
 def test_the_step_is_exported_before_the_first_step_and_on_resume_is_the_checkpoints(tmp_path):
     """ZerothRunNoProgress watches zeroth_step: a trainer stuck before its first step must have it."""
     spec = validation.validate(minimal_manifest()).spec

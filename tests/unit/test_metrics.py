@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import threading
+import urllib.request
 
 from prometheus_client import generate_latest
 
@@ -58,3 +60,22 @@ def test_the_readmes_table_lists_every_metric_as_the_module_defines_it():
 def test_each_metric_has_one_exporter_and_the_exporters_split_them():
     names = [n for source in metrics.SOURCE_WORDS for n in metrics.exported_by(source)]
     assert sorted(names) == sorted(metrics.BY_NAME)  # none twice, none by nobody
+
+
+def test_a_scrape_waits_for_a_group_of_updates_to_finish():
+    """The trainer sets a step's series inside `registry.update()`: a scrape that comes meanwhile
+    (over HTTP, as Prometheus's does) is answered once they are all set, never between two of them."""
+    reg = metrics.Metrics(names=("step", "loss"))
+    port = metrics.serve(reg.registry, None, None)
+    answers: list[str] = []
+    with reg.registry.update():
+        reg["step"].labels(run="r", namespace="n").set(7)
+        scrape = threading.Thread(target=lambda: answers.append(
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()))
+        scrape.start()
+        scrape.join(timeout=1.0)  # a scrape that did not wait is back well within this
+        assert answers == [], "the scrape read the series halfway through the update"
+        reg["loss"].labels(run="r", namespace="n").set(0.25)
+    scrape.join(timeout=30)
+    (text,) = answers
+    assert 'zeroth_step{namespace="n",run="r"} 7.0' in text and 'zeroth_loss{namespace="n",run="r"} 0.25' in text
