@@ -153,7 +153,7 @@ class Reporter:
         self._flops(record, samples)
         if self.gpu_time is not None:
             record.update(self.gpu_time.totals())  # in metrics.jsonl: a resumed run goes on from them
-        with self.metrics.registry.update():  # a scrape sees the step's series all set, or none of them
+        with self.metrics.update():  # a scrape sees the step's series all set, or none of them
             for s in samples:
                 m("reward", verifier="all").observe(s.reward)
                 for name, score in s.scores.items():

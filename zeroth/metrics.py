@@ -145,40 +145,51 @@ def exported_by(source: Source) -> tuple[str, ...]:
     return tuple(m.name for m in DEFINITIONS if m.source == source)
 
 
-class Registry(CollectorRegistry):
-    """A registry whose scrapes see a group of updates whole: the trainer sets a step's series
-    inside `with registry.update():`, and a scrape waits until they are all set. Otherwise a scrape
-    could read `zeroth_step` at s beside the token counters of step s+1 or the loss of step s-1."""
+class _Whole:
+    """The definitions' series as one collector that a scrape reads while no update is under way
+    (`Metrics.update`). A scrape asking for some names only (`?name[]=`) comes through here too:
+    the served registry maps each of those names to this collector."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._updating = threading.Lock()
+    def __init__(self, series: CollectorRegistry, updating: threading.Lock) -> None:
+        self._series, self._updating = series, updating
 
-    def update(self) -> threading.Lock:
-        return self._updating
+    def describe(self):
+        return list(self._series.collect())
 
     def collect(self):
         with self._updating:
-            families = list(super().collect())
-        yield from families
+            families = list(self._series.collect())
+        return families
 
 
 class Metrics:
-    """prometheus-client objects for the definitions, in one registry: `metrics["reward"]`."""
+    """prometheus-client objects for the definitions, in one registry: `metrics["reward"]`.
+
+    `with metrics.update():` sets a group of series that a scrape sees whole: the trainer sets a
+    step's series so, and a scrape waits until they are all set (otherwise it could read
+    `zeroth_step` at s beside the token counters of step s+1, or the loss of step s-1). Collectors
+    registered on `registry` beside them (NVML's, read at the scrape) never wait for an update. Not
+    reentrant: nothing inside an update may read the registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None, names: tuple[str, ...] | None = None):
-        self.registry = registry or Registry()
+        self.registry = registry or CollectorRegistry()
+        self._updating = threading.Lock()
+        series = CollectorRegistry()
         self._objects = {}
         for m in DEFINITIONS:
             if names is not None and m.name not in names:
                 continue
-            kwargs = {"registry": self.registry, "labelnames": m.labels}
+            kwargs = {"registry": series, "labelnames": m.labels}
             if m.kind == "histogram":
                 self._objects[m.name] = Histogram(m.full_name, m.help, buckets=m.buckets, **kwargs)
             elif m.kind == "counter":
                 self._objects[m.name] = Counter(m.full_name, m.help, **kwargs)
             else:
                 self._objects[m.name] = Gauge(m.full_name, m.help, **kwargs)
+        self.registry.register(_Whole(series, self._updating))
+
+    def update(self) -> threading.Lock:
+        return self._updating
 
     def __getitem__(self, name: str) -> Counter | Gauge | Histogram:
         try:

@@ -263,10 +263,13 @@ class WorkerPool:
         self._zygote: _Zygote | None = None
         self.started = 0  # workers started so far; tests and metrics read it
         self.zygotes = 0  # zygotes started so far (one, unless one died)
+        self._closed = False
         atexit.register(self.close)
 
     def _zygote_ready(self) -> _Zygote:
         with self._lock:
+            if self._closed:
+                raise WorkerError("the worker pool is closed")
             if self._zygote is None or not self._zygote.alive():
                 if self._zygote is not None:
                     self._zygote.close()
@@ -343,6 +346,7 @@ class WorkerPool:
     def close(self) -> None:
         """Stop the zygote and with it every worker."""
         with self._lock:
+            self._closed = True  # a warm-up still on its way starts no zygote after this
             idle, self._idle = self._idle, []
             zygote, self._zygote = self._zygote, None
         for worker in idle:

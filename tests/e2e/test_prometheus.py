@@ -202,12 +202,14 @@ def check_values(prometheus: Prometheus, run_dir: Path, at: float, window: str) 
     """Prometheus holds the run's own numbers, not just some finite ones: each scrape of rank 0 is
     matched to the step its `zeroth_step` says was done, and the gauges and totals it read are
     compared with metrics.jsonl's records. Every scrape agrees: the trainer sets a step's series
-    while its scrapes wait (`metrics.Registry`)."""
+    while its scrapes wait (`Metrics.update`). The totals run from step 1: one trainer process, as
+    its counters start at 0 in each."""
     def samples(query: str) -> dict[float, float]:
         name, _, matchers = query.partition("{")
         selector = f'{name}{{run="scraped"{"," + matchers.rstrip("}") if matchers else ""}}}'
-        (result,) = prometheus.api("query", query=f"{selector}[{window}]", time=at)["result"]
-        return {t: float(v) for t, v in result["values"]}
+        result = prometheus.api("query", query=f"{selector}[{window}]", time=at)["result"]
+        assert len(result) == 1, f"{selector}: one series wanted, got {result}"
+        return {t: float(v) for t, v in result[0]["values"]}
 
     done = {t: int(s) for t, s in samples(promql.series("step")).items() if s >= 1}
     assert len(set(done.values())) >= 2, f"fewer than 2 steps scraped: {done}"

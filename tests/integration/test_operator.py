@@ -284,8 +284,9 @@ def test_gpu_time_and_cost_are_the_gpu_pods_requests_times_their_time(crd, opera
             cost={"pricePerGpuHour": 36.0, "currency": "EUR"})
     (first,) = pods_of(c, ns, "costly", "trainer")
     first_start = datetime.fromisoformat(first["status"]["startTime"])
-    # a running pod is counted to the last whole minute: wait for a count of the first pod past one
-    # (a whole minute after its start, at the operator's next pass: its resync is every 60 s)
+    # a running pod is counted to the last whole minute of the clock: wait for a count of the first
+    # pod past one (the first :00 after its start, seen at the operator's next pass: its resync is
+    # every 60 s)
     wait_for("the first pod's GPU time counted", lambda: (
         (run_of(c, ns, "costly")["status"].get("compute") or {}).get("pods", {}).get(first["metadata"]["uid"])),
         timeout=150, operator=operator)

@@ -127,14 +127,14 @@ def test_no_mfu_on_a_cpu(tmp_path):
 
 
 def test_a_step_sets_its_series_while_scrapes_wait(tmp_path):
-    """Every series a step sets is set inside the registry's update (metrics.Registry), so a scrape
+    """Every series a step sets is set inside the registry's update (`Metrics.update`), so a scrape
     never reads part of a step: each of them is taken while the update is held."""
     spec = validation.validate(minimal_manifest()).spec
     reporter = Reporter(tmp_path, "r", "ns", spec, None)
     taken, real = [], reporter._m
 
     def m(name, **extra):
-        taken.append((name, reporter.metrics.registry.update().locked()))
+        taken.append((name, reporter.metrics.update().locked()))
         return real(name, **extra)
 
     reporter._m = m

@@ -150,9 +150,12 @@ def test_a_rank_killed_by_an_abort_leaves_its_python_stack_in_the_log(tmp_path, 
     log = os.readlink(f"/proc/{rank.pid}/fd/2")  # the pipe this test reads
 
     def there() -> bool:
-        if where == "rendezvous":
-            return _listening(port)
-        return os.readlink(f"/proc/{rank.pid}/fd/2") != log
+        if where == "rendezvous":  # past its pid file (`_train`), and its store listens
+            return (run_dir / "pids" / "rank-0.pid").exists() and _listening(port)
+        try:
+            return os.readlink(f"/proc/{rank.pid}/fd/2") != log
+        except FileNotFoundError:  # the rank ended: the loop says so
+            return False
 
     try:
         deadline = time.monotonic() + scaled(120)

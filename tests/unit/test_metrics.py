@@ -6,7 +6,9 @@ import re
 import threading
 import urllib.request
 
-from prometheus_client import generate_latest
+import pytest
+from prometheus_client import generate_latest, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
 from zeroth import metrics
 
@@ -62,20 +64,40 @@ def test_each_metric_has_one_exporter_and_the_exporters_split_them():
     assert sorted(names) == sorted(metrics.BY_NAME)  # none twice, none by nobody
 
 
-def test_a_scrape_waits_for_a_group_of_updates_to_finish():
-    """The trainer sets a step's series inside `registry.update()`: a scrape that comes meanwhile
-    (over HTTP, as Prometheus's does) is answered once they are all set, never between two of them."""
+@pytest.mark.parametrize("query", ["", "?name[]=zeroth_step&name[]=zeroth_loss"])
+def test_a_scrape_waits_for_a_group_of_updates_to_finish(query):
+    """The trainer sets a step's series inside `metrics.update()`: a scrape that comes meanwhile
+    (over HTTP, as Prometheus's does; all names, or some) is answered once they are all set, never
+    between two of them. A collector beside them (NVML's) is not read under the update."""
     reg = metrics.Metrics(names=("step", "loss"))
-    port = metrics.serve(reg.registry, None, None)
+    reg.registry.register(_Constant())
+    server, _ = start_http_server(0, addr="127.0.0.1", registry=reg.registry)
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
     answers: list[str] = []
-    with reg.registry.update():
-        reg["step"].labels(run="r", namespace="n").set(7)
-        scrape = threading.Thread(target=lambda: answers.append(
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()))
-        scrape.start()
-        scrape.join(timeout=1.0)  # a scrape that did not wait is back well within this
-        assert answers == [], "the scrape read the series halfway through the update"
-        reg["loss"].labels(run="r", namespace="n").set(0.25)
-    scrape.join(timeout=30)
+    try:
+        with reg.update():
+            reg["step"].labels(run="r", namespace="n").set(7)
+            assert "zeroth_gpu_utilization" in urllib.request.urlopen(f"{url}?name[]=zeroth_gpu_utilization", timeout=30).read().decode()
+            scrape = threading.Thread(target=lambda: answers.append(urllib.request.urlopen(url + query, timeout=30).read().decode()))
+            scrape.start()
+            scrape.join(timeout=3.0)  # a scrape that did not wait is back well within this
+            assert answers == [], "the scrape read the series halfway through the update"
+            reg["loss"].labels(run="r", namespace="n").set(0.25)
+        scrape.join(timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
     (text,) = answers
     assert 'zeroth_step{namespace="n",run="r"} 7.0' in text and 'zeroth_loss{namespace="n",run="r"} 0.25' in text
+
+
+class _Constant:
+    """A collector read at the scrape, as NVML's is."""
+
+    def describe(self):
+        return self.collect()
+
+    def collect(self):
+        family = GaugeMetricFamily("zeroth_gpu_utilization", "a constant", labels=["gpu"])
+        family.add_metric(["0"], 50.0)
+        return [family]

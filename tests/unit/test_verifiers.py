@@ -578,3 +578,15 @@ def test_a_warm_up_of_a_pool_closed_while_it_starts_ends_quietly():
     pool.close()  # the zygote is still importing: its start-up is cut short
     thread.join(timeout=60)
     assert not thread.is_alive() and errors == []
+    assert (pool.zygotes, pool.started) == (1, 0)  # cut short before a worker, and no zygote after the close
+
+
+def test_a_closed_pool_starts_no_zygote():
+    """A warm-up that reaches the pool after it was closed (the rollout worker stopping) must not
+    start a zygote that would outlive the close; a call is refused."""
+    pool = workers.WorkerPool(size=1)
+    pool.close()
+    pool.warm_up()
+    with pytest.raises(workers.WorkerError, match="closed"):
+        pool.run(abs, (-5,), 5)
+    assert pool.zygotes == 0
