@@ -168,8 +168,9 @@ class Metrics:
     `with metrics.update():` sets a group of series that a scrape sees whole: the trainer sets a
     step's series so, and a scrape waits until they are all set (otherwise it could read
     `zeroth_step` at s beside the token counters of step s+1, or the loss of step s-1). Collectors
-    registered on `registry` beside them (NVML's, read at the scrape) never wait for an update. Not
-    reentrant: nothing inside an update may read the registry."""
+    registered on `registry` beside them (NVML's, read at the scrape) are not read under the update,
+    so a slow read of theirs never holds up a step. Not reentrant: nothing inside an update may read
+    the registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None, names: tuple[str, ...] | None = None):
         self.registry = registry or CollectorRegistry()
