@@ -184,17 +184,24 @@ def check_panels(prometheus: Prometheus, at: float, window: str) -> None:
     assert "scraped" in runs, runs
 
 
+def scraped(series: str, *matchers: str) -> str:
+    """The selector of `series` of this test's run ("scraped"), with `matchers`."""
+    labels = ", ".join(['run="scraped"', *matchers])
+    return f"{series}{{{labels}}}"
+
+
 # What Prometheus must hold at a scrape that saw step s done, from metrics.jsonl's records up to s:
 # a gauge the record's own value, a counter (or a histogram's sum or count) the total over steps.
-GAUGES = ("loss", "accuracy", "kl", "entropy", "grad_norm", "learning_rate", "weights_version")
+GAUGES = {scraped(promql.series(key)): key for key in ("loss", "accuracy", "kl", "entropy", "grad_norm",
+                                                       "learning_rate", "weights_version")}
 TOTALS = {
-    promql.series("trained_tokens"): lambda r: r["trained_tokens"],
-    promql.series("generated_tokens"): lambda r: r["generated_tokens"],
-    promql.series("model_flops") + '{phase="train"}': lambda r: r["model_flops_train"],
-    promql.series("reward", "_count") + '{verifier="all"}': lambda r: r["samples"],
-    promql.series("reward", "_sum") + '{verifier="all"}': lambda r: r["reward_mean"] * r["samples"],
-    promql.series("response_length_tokens", "_sum"): lambda r: r["response_length_mean"] * r["samples"],
-    promql.series("step_seconds", "_sum"): lambda r: r["step_seconds"],
+    scraped(promql.series("trained_tokens")): lambda r: r["trained_tokens"],
+    scraped(promql.series("generated_tokens")): lambda r: r["generated_tokens"],
+    scraped(promql.series("model_flops"), 'phase="train"'): lambda r: r["model_flops_train"],
+    scraped(promql.series("reward", "_count"), 'verifier="all"'): lambda r: r["samples"],
+    scraped(promql.series("reward", "_sum"), 'verifier="all"'): lambda r: r["reward_mean"] * r["samples"],
+    scraped(promql.series("response_length_tokens", "_sum")): lambda r: r["response_length_mean"] * r["samples"],
+    scraped(promql.series("step_seconds", "_sum")): lambda r: r["step_seconds"],
 }
 
 
@@ -204,26 +211,23 @@ def check_values(prometheus: Prometheus, run_dir: Path, at: float, window: str) 
     compared with metrics.jsonl's records. Every scrape agrees: the trainer sets a step's series
     while its scrapes wait (`Metrics.update`). The totals run from step 1: one trainer process, as
     its counters start at 0 in each."""
-    def samples(query: str) -> dict[float, float]:
-        name, _, matchers = query.partition("{")
-        selector = f'{name}{{run="scraped"{"," + matchers.rstrip("}") if matchers else ""}}}'
+    def samples(selector: str) -> dict[float, float]:
         result = prometheus.api("query", query=f"{selector}[{window}]", time=at)["result"]
         assert len(result) == 1, f"{selector}: one series wanted, got {result}"
         return {t: float(v) for t, v in result[0]["values"]}
 
-    done = {t: int(s) for t, s in samples(promql.series("step")).items() if s >= 1}
+    done = {t: int(s) for t, s in samples(scraped(promql.series("step"))).items() if s >= 1}
     assert len(set(done.values())) >= 2, f"fewer than 2 steps scraped: {done}"
-    want_of = {promql.series(name): (lambda key: lambda r: r[key])(name) for name in GAUGES}
-    read = {query: samples(query) for query in [*want_of, *TOTALS]}
+    read = {selector: samples(selector) for selector in [*GAUGES, *TOTALS]}
     by_step = {r["step"]: r for r in steps(run_dir)}
     totals, running = {}, dict.fromkeys(TOTALS, 0.0)
     for step in sorted(by_step):
-        for query, value in TOTALS.items():
-            running[query] += value(by_step[step])
+        for selector, value in TOTALS.items():
+            running[selector] += value(by_step[step])
         totals[step] = dict(running)
     wrong = {}
     for t, step in sorted(done.items()):
-        want = {q: f(by_step[step]) for q, f in want_of.items()} | totals[step]
+        want = {selector: by_step[step][key] for selector, key in GAUGES.items()} | totals[step]
         diff = {q: (read[q].get(t), v) for q, v in want.items() if read[q].get(t) != pytest.approx(v, rel=1e-6, abs=1e-9)}
         if diff:
             wrong[f"scrape at {t}, step {step}"] = diff
