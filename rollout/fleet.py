@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zeroth import api
-from zeroth.rollout import weights
+from zeroth.rollout import local_ray, weights
 from zeroth.rollout.weights import checksum
 from zeroth.rollout.worker import RolloutWorker, Sample
 
@@ -34,24 +34,41 @@ log = logging.getLogger(__name__)
 ROLLOUT_RESOURCE = api.ROLLOUT_RESOURCE  # the operator's rollout pods advertise it under this name
 
 
+_local_head = None  # local_ray's process: its stdin pipe stays open while this process lives
+
+
 def connect(workers: int) -> None:
     """Ray for the trainer (rank 0, the driver). With RAY_ADDRESS (a cluster), joins the run's Ray
     cluster; without, starts Ray here with one CPU and one rollout slot per worker."""
     import ray
 
+    global _local_head
     address = os.environ.get("RAY_ADDRESS")
     options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if not address:
-        # "local": a new Ray of our own, whatever another Ray on this host left in /tmp/ray
-        ray.init(address="local", num_cpus=max(workers, 1), resources={ROLLOUT_RESOURCE: workers}, **options)
+        # a new Ray of our own, outside this rank's process group (local_ray says why)
+        address, _local_head = local_ray.start(workers)
+        ray.init(address=address, **options)
         return
     # A driver connects through a raylet on its own host (Ray finds it among the host's processes),
     # and a trainer pod runs none: join as a node offering no CPUs, GPUs or rollout slots, so
-    # nothing is ever scheduled on it.
+    # nothing is ever scheduled on it. Its raylet runs in a session of its own: torchrun's SIGTERM
+    # to this rank's process group (the pod stopping) must not take it down before the checkpoint.
     if not _local_raylet():
         subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "start", f"--address={address}", "--num-cpus=0",
-                        "--num-gpus=0", "--disable-usage-stats"], check=True)
+                        "--num-gpus=0", "--disable-usage-stats"], check=True, start_new_session=True)
     ray.init(address=address, **options)
+
+
+def shutdown() -> None:
+    """Leaves Ray, and stops the local Ray that `connect` started, if it started one."""
+    global _local_head
+    import ray
+
+    ray.shutdown()
+    if _local_head is not None:
+        local_ray.stop(_local_head)
+        _local_head = None
 
 
 def _local_raylet() -> bool:

@@ -59,6 +59,7 @@ def trainer_env() -> dict[str, str]:
     env.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE / "torch_extensions"))
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("RAY_DISABLE_IMPORT_WARNING", "1")
+    env.setdefault("RAY_AUTH_MODE", "token")  # rank 0 and the local Ray it starts (rollout/local_ray.py) share a token
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["ZEROTH_CACHE"] = str(CACHE)
     return env

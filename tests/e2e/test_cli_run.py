@@ -44,7 +44,8 @@ def test_ctrl_c_checkpoints_then_resume_finishes_and_eval_scores(tmp_path):
     assert "--resume" in out
     stopped_at = max(r["step"] for r in steps(run_dir))
     saved = json.loads(sorted((run_dir / "checkpoints").glob("step-*/trainer_state.json"))[-1].read_text())
-    assert saved["step"] == stopped_at  # it finished the step and checkpointed it before stopping
+    # it finished the step and checkpointed it before stopping
+    assert saved["step"] == stopped_at, (run_dir / "trainer.log").read_text()[-4000:]
 
     out = finish(start_run(tmp_path, resume=run_dir))
     # no GPU held: GPU time (counted by rank 0 in a local run, on from the interrupted part) is 0

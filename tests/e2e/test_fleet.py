@@ -20,7 +20,7 @@ def ray_local():
     ray = pytest.importorskip("ray")
     fleets.connect(2)  # a local Ray of its own, with two rollout slots
     yield ray
-    ray.shutdown()
+    fleets.shutdown()
 
 
 def test_publish_makes_workers_equal_to_trainer(ray_local, tmp_path):

@@ -26,7 +26,7 @@ def ray_local():
     ray = pytest.importorskip("ray")
     fleets.connect(2)  # two rollout slots: a lost worker's slot is taken by a new one
     yield ray
-    ray.shutdown()
+    fleets.shutdown()
 
 
 def tasks(n: int) -> list[dict]:
