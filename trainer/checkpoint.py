@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-STATE_FILE = "trainer_state.json"
+from zeroth.checkpoints import STATE_FILE, complete, tag  # noqa: F401 - the layout, shared with `zeroth run`
 
 
 @dataclass
@@ -31,10 +31,6 @@ class TrainerState:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
-
-
-def tag(step: int) -> str:
-    return f"step-{step:08d}"
 
 
 def rng_state() -> dict[str, Any]:
@@ -77,13 +73,6 @@ def mark_complete(directory: Path, state: TrainerState) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def complete(directory: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.glob("step-*") if (p / STATE_FILE).is_file())
 
 
 def latest(directory: Path) -> tuple[str, TrainerState] | None:

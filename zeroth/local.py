@@ -20,9 +20,10 @@ from datetime import datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from zeroth import api, validation
+from zeroth import api, checkpoints, validation
 
 CACHE = Path(os.environ.get("ZEROTH_CACHE", Path.home() / ".cache" / "zeroth"))
 
@@ -111,11 +112,20 @@ def run(manifest: Path | None, resume: Path | None, runs_root: Path, metrics_por
     if rc != 0 and not interrupted:
         _kill(run_dir, proc)  # a rank that failed may leave its peers waiting in a collective
         # soft_wrap: paths and commands stay whole, to be copied
-        console.print(f"[red]training failed[/] (exit {rc}): {failure(run_dir)}", highlight=False, soft_wrap=True)
+        console.print(f"[red]training failed[/] (exit {rc}): {escape(failure(run_dir))}", highlight=False, soft_wrap=True)
         console.print(f"  the whole log: {run_dir / 'trainer.log'}\n"
                       f"  after fixing the cause, continue from the last checkpoint: zeroth run --resume {run_dir}",
                       markup=False, highlight=False, soft_wrap=True)
         return rc
+    trained, saved = last_step(run_dir), checkpoints.newest_step(run_dir / "checkpoints")
+    if interrupted and trained > saved:
+        _kill(run_dir, proc)
+        console.print(f"[red]stopping failed[/]: step {trained} was trained but not checkpointed: {escape(failure(run_dir))}",
+                      highlight=False, soft_wrap=True)
+        console.print(f"  the whole log: {run_dir / 'trainer.log'}\n"
+                      f"  continue from the last checkpoint (step {saved}): zeroth run --resume {run_dir}",
+                      markup=False, highlight=False, soft_wrap=True)
+        return rc if rc not in (0, 130) else 1
     if interrupted:
         console.print(f"stopped; resume with: [bold]zeroth run --resume {run_dir}[/]", soft_wrap=True)
         _gpu_time(run_, run_dir, console)
@@ -125,19 +135,31 @@ def run(manifest: Path | None, resume: Path | None, runs_root: Path, metrics_por
     return 0
 
 
+def last_record(run_dir: Path, key: str) -> dict | None:
+    """The last record in metrics.jsonl that has `key` (a step's: "reward_mean"); None before one."""
+    path = run_dir / "metrics.jsonl"
+    for line in reversed(path.read_text().splitlines() if path.exists() else []):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if key in record:
+            return record
+    return None
+
+
+def last_step(run_dir: Path) -> int:
+    """The last step the trainer recorded (0 before the first)."""
+    record = last_record(run_dir, "reward_mean")
+    return record["step"] if record else 0
+
+
 def gpu_time(run_: api.ReasoningRun, run_dir: Path) -> str | None:
     """The run's GPU time and cost in one line, as the last record in metrics.jsonl that has them
     counts them (trainer rank 0 writes them into each step's and evaluation's record); None before
     there is one."""
-    path = run_dir / "metrics.jsonl"
-    for line in reversed(path.read_text().splitlines() if path.exists() else []):
-        try:
-            last = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a kill
-        if "gpu_seconds" in last:
-            break
-    else:
+    last = last_record(run_dir, "gpu_seconds")
+    if last is None:
         return None
     hours, cost = last["gpu_seconds"] / 3600, run_.spec.cost
     note = (" (no GPU: this run used the CPU)" if not last["gpu_seconds"] else

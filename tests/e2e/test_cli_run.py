@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -66,6 +67,28 @@ def test_ctrl_c_checkpoints_then_resume_finishes_and_eval_scores(tmp_path):
     final = [r for r in records(run_dir) if "eval_greedy" in r][-1]
     assert final["step"] == 8 and final["eval_size"] == 16
     assert result["greedy"] == pytest.approx(final["eval_greedy"], abs=1 / 16 + 1e-9)
+
+
+def test_a_stop_that_loses_its_step_says_so_and_where_to_resume(tmp_path):
+    """Ctrl-C, then rank 0 dies before its checkpoint: `zeroth run` names the step that was lost
+    and the checkpoint to resume from, instead of "stopped" (the CI failure that the local Ray's
+    own session mended ended this way, and the user was told all was well)."""
+    proc = start_run(tmp_path, short("lost", algorithm={"maxSteps": 64}, checkpoint={"everySteps": 64}))
+    wait_for(lambda: list(tmp_path.glob("runs/lost-*/metrics_port")), 300, "the metrics server")
+    run_dir = run_dir_of(tmp_path, "lost")
+    wait_for(lambda: steps(run_dir), 600, "step 1")
+    rank0 = int((run_dir / "pids" / "rank-0.pid").read_text())
+    os.kill(rank0, signal.SIGSTOP)  # frozen before the stop reaches it
+    proc.send_signal(signal.SIGINT)
+    wait_for(lambda: "death signal" in (run_dir / "trainer.log").read_text(), 120, "torchrun to pass the stop on")
+    os.kill(rank0, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=scaled(300))
+    text = " ".join(out.split())
+    trained = max(r["step"] for r in steps(run_dir))
+    assert proc.returncode not in (0, 130), out[-3000:]
+    assert f"stopping failed: step {trained} was trained but not checkpointed" in text, out[-3000:]
+    assert f"continue from the last checkpoint (step 0): zeroth run --resume {run_dir}" in text, out[-3000:]
+    assert "stopped; resume with" not in text and "Traceback" not in out, out[-3000:]
 
 
 def test_a_failing_trainer_gives_one_clear_message_not_a_traceback(tmp_path):
