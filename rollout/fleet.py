@@ -39,7 +39,7 @@ _local_head = None  # local_ray's process: its stdin pipe stays open while this 
 
 def connect(workers: int) -> None:
     """Ray for the trainer (rank 0, the driver). With RAY_ADDRESS (a cluster), joins the run's Ray
-    cluster; without, starts Ray here with one CPU and one rollout slot per worker."""
+    cluster; without, starts a local Ray (`local_ray`) with one CPU and one rollout slot per worker."""
     import ray
 
     global _local_head
@@ -47,6 +47,8 @@ def connect(workers: int) -> None:
     options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if not address:
         # a new Ray of our own, outside this rank's process group (local_ray says why)
+        if _local_head is not None:
+            local_ray.stop(_local_head)
         address, _local_head = local_ray.start(workers)
         ray.init(address=address, **options)
         return
@@ -63,9 +65,8 @@ def connect(workers: int) -> None:
 def shutdown() -> None:
     """Leaves Ray, and stops the local Ray that `connect` started, if it started one."""
     global _local_head
-    import ray
-
-    ray.shutdown()
+    if "ray" in sys.modules:  # (a rank that never used Ray does not import it to leave it)
+        sys.modules["ray"].shutdown()
     if _local_head is not None:
         local_ray.stop(_local_head)
         _local_head = None

@@ -50,6 +50,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
     from zeroth import validation
+    from zeroth.rollout import fleet as fleets
     from zeroth.trainer import loop, models
 
     # torchrun starts each rank in a session of its own: record them, so they can be found and stopped
@@ -73,6 +74,7 @@ def _train(args: argparse.Namespace) -> int:
         return loop.run(run.spec, run.metadata.name, run.metadata.namespace, args.run_dir, args.metrics_port,
                         args.metrics_addr, args.export_dir)
     finally:
+        fleets.shutdown()  # rank 0: the local Ray stops before torchrun, and `zeroth run`, return
         dist.destroy_process_group()
 
 

@@ -60,7 +60,8 @@ def trainer_env() -> dict[str, str]:
     env.setdefault("TORCH_EXTENSIONS_DIR", str(CACHE / "torch_extensions"))
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("RAY_DISABLE_IMPORT_WARNING", "1")
-    env.setdefault("RAY_AUTH_MODE", "token")  # rank 0 and the local Ray it starts (rollout/local_ray.py) share a token
+    if "RAY_ADDRESS" not in env:  # rank 0 and the local Ray it starts (rollout/local_ray.py) share a token
+        env.setdefault("RAY_AUTH_MODE", "token")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["ZEROTH_CACHE"] = str(CACHE)
     return env
@@ -100,6 +101,8 @@ def run(manifest: Path | None, resume: Path | None, runs_root: Path, metrics_por
                                      env=trainer_env(), stdout=subprocess.PIPE, text=True)
             if not build.stdout.readline() or interrupted:
                 return _build_failed(build, interrupted, run_dir, console)
+        # a resumed run's metrics.jsonl holds the earlier attempts' steps: a stop is judged by this one's
+        since = (run_dir / "metrics.jsonl").stat().st_size if (run_dir / "metrics.jsonl").exists() else 0
         proc = subprocess.Popen(trainer_command(run_, run_dir, metrics_port), stdout=log, stderr=subprocess.STDOUT,
                                 env=trainer_env(), start_new_session=True)
         (run_dir / "trainer.pid").write_text(str(proc.pid))  # its process group: torchrun and the ranks
@@ -117,9 +120,8 @@ def run(manifest: Path | None, resume: Path | None, runs_root: Path, metrics_por
                       f"  after fixing the cause, continue from the last checkpoint: zeroth run --resume {run_dir}",
                       markup=False, highlight=False, soft_wrap=True)
         return rc
-    trained, saved = last_step(run_dir), checkpoints.newest_step(run_dir / "checkpoints")
+    trained, saved = last_step(run_dir, since), checkpoints.newest_step(run_dir / "checkpoints")
     if interrupted and trained > saved:
-        _kill(run_dir, proc)
         console.print(f"[red]stopping failed[/]: step {trained} was trained but not checkpointed: {escape(failure(run_dir))}",
                       highlight=False, soft_wrap=True)
         console.print(f"  the whole log: {run_dir / 'trainer.log'}\n"
@@ -135,10 +137,12 @@ def run(manifest: Path | None, resume: Path | None, runs_root: Path, metrics_por
     return 0
 
 
-def last_record(run_dir: Path, key: str) -> dict | None:
-    """The last record in metrics.jsonl that has `key` (a step's: "reward_mean"); None before one."""
+def last_record(run_dir: Path, key: str, since: int = 0) -> dict | None:
+    """The last record in metrics.jsonl (from byte `since` on) that has `key` (a step's:
+    "reward_mean"); None before one."""
     path = run_dir / "metrics.jsonl"
-    for line in reversed(path.read_text().splitlines() if path.exists() else []):
+    lines = path.read_bytes()[since:].decode(errors="replace").splitlines() if path.exists() else []
+    for line in reversed(lines):
         try:
             record = json.loads(line)
         except ValueError:
@@ -148,9 +152,9 @@ def last_record(run_dir: Path, key: str) -> dict | None:
     return None
 
 
-def last_step(run_dir: Path) -> int:
-    """The last step the trainer recorded (0 before the first)."""
-    record = last_record(run_dir, "reward_mean")
+def last_step(run_dir: Path, since: int = 0) -> int:
+    """The last step the trainer recorded (from byte `since` of metrics.jsonl on; 0 before one)."""
+    record = last_record(run_dir, "reward_mean", since)
     return record["step"] if record else 0
 
 

@@ -73,7 +73,7 @@ def test_a_stop_that_loses_its_step_says_so_and_where_to_resume(tmp_path):
     """Ctrl-C, then rank 0 dies before its checkpoint: `zeroth run` names the step that was lost
     and the checkpoint to resume from, instead of "stopped" (the CI failure that the local Ray's
     own session mended ended this way, and the user was told all was well)."""
-    proc = start_run(tmp_path, short("lost", algorithm={"maxSteps": 64}, checkpoint={"everySteps": 64}))
+    proc = start_run(tmp_path, short("lost", algorithm={"maxSteps": 512}, checkpoint={"everySteps": 512}))
     wait_for(lambda: list(tmp_path.glob("runs/lost-*/metrics_port")), 300, "the metrics server")
     run_dir = run_dir_of(tmp_path, "lost")
     wait_for(lambda: steps(run_dir), 600, "step 1")

@@ -86,3 +86,18 @@ def test_the_local_ray_ends_when_rank_zero_is_killed():
         proc.kill()
         for p in session(head):
             p.kill()
+
+
+def test_a_local_ray_that_does_not_start_in_time_is_killed_with_its_session():
+    from zeroth.rollout import local_ray
+
+    with pytest.raises(RuntimeError, match="the local Ray did not start within 0 s"):
+        local_ray.start(1, timeout=0.1)  # Ray takes seconds to start: this deadline always passes first
+    assert not [p for p in psutil.Process().children() if "zeroth.rollout.local_ray" in cmdline(p)]
+
+
+def cmdline(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:  # a zombie (pytest reaps its orphans at the end) or gone
+        return ""
