@@ -109,8 +109,10 @@ def test_status_write_conflicts_are_planned_again_not_lost(crd: Cluster, operato
             c.kubectl("label", "pod", f"{n}-trainer-1", "-n", ns, f"{FAIL}=true")
 
         def restarted(n: str):
-            status = c.get("reasoningrun", n, "-n", ns).get("status") or {}
+            # pods first: the operator stores a restart's attempt number before it creates that
+            # attempt's pods, so a status read after them has it (read before them, it may not yet)
             pods = live(pods_of(c, ns, n, "trainer"))
+            status = c.get("reasoningrun", n, "-n", ns).get("status") or {}
             return (status.get("phase") == "Running" and len(pods) == 2
                     and {p["metadata"]["labels"]["zeroth.dev/attempt"] for p in pods} == {"1"} and status)
         for n in names:
