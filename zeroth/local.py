@@ -120,7 +120,8 @@ def run(manifest: Path | None, resume: Path | None, runs_root: Path, metrics_por
                       f"  after fixing the cause, continue from the last checkpoint: zeroth run --resume {run_dir}",
                       markup=False, highlight=False, soft_wrap=True)
         return rc
-    trained, saved = last_step(run_dir, since), checkpoints.newest_step(run_dir / "checkpoints")
+    if interrupted:  # did the stop checkpoint the last step this attempt trained?
+        trained, saved = last_step(run_dir, since), checkpoints.newest_step(run_dir / "checkpoints")
     if interrupted and trained > saved:
         console.print(f"[red]stopping failed[/]: step {trained} was trained but not checkpointed: {escape(failure(run_dir))}",
                       highlight=False, soft_wrap=True)

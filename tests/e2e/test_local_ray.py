@@ -23,7 +23,7 @@ from zeroth import local
 pytestmark = pytest.mark.e2e
 
 RANK_ZERO = """
-import os, signal, sys, time
+import signal, sys, time
 import ray
 from zeroth.rollout import fleet
 fleet.connect(1)

@@ -8,8 +8,8 @@ import json
 from zeroth import checkpoints, local
 
 
-def write_steps(run_dir, steps, mode="a"):
-    with open(run_dir / "metrics.jsonl", mode) as f:
+def write_steps(run_dir, steps):
+    with open(run_dir / "metrics.jsonl", "a") as f:
         for step in steps:
             f.write(json.dumps({"step": step, "reward_mean": 0.5}) + "\n")
         f.write(json.dumps({"step": steps[-1], "eval_greedy": 0.1}) + "\n")  # not a step's record
